@@ -1,0 +1,35 @@
+//! Key material and the actors that own it: [`SharedKey`], [`WorkloadName`],
+//! the KeyStore actor (every keychain call) and the Validator actor (the cache
+//! the request path asks). No HTTP here.
+
+mod backend;
+mod error;
+mod key;
+mod keystore;
+mod name;
+mod paths;
+pub mod records;
+mod supervise;
+mod validator;
+#[doc(hidden)]
+pub mod testing;
+
+pub use backend::{prepare_session_bus, standard_session_bus, Backend, BackendChoice, BackendKind, SERVICE};
+pub use error::{Error, KeyParseError};
+pub use keystore::{
+    CreateKey, DeleteKeys, GetKeys, KeyStore, ListKeys, PruneKeys, RefreshBackend, RotateKey,
+    WhichBackend,
+};
+#[cfg(feature = "fault-injection")]
+pub use keystore::InjectBackendPanic;
+pub use paths::{create_private_dir, home_dir, state_dir, STATE_DIR_ENV};
+pub use records::{KeyInfo, KeySet, PreviousKey, Rotated};
+pub use supervise::RestartTracker;
+#[cfg(feature = "fault-injection")]
+pub use validator::InjectValidatorPanic;
+pub use validator::{
+    Invalidate, Validate, Validator, ValidatorConfig, Validators, Verdict, DEFAULT_MAX_STALE,
+    DEFAULT_REFRESH,
+};
+pub use key::{SharedKey, ENCODED_LEN, KEY_LEN};
+pub use name::{WorkloadName, MAX_NAME_LEN};

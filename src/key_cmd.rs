@@ -1,0 +1,144 @@
+//! `thv-actor key ...`: key management through the KeyStore actor.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use actix::Addr;
+use thv_actors::{
+    Backend, BackendChoice, CreateKey, DeleteKeys, Error, GetKeys, KeyInfo, KeyStore, ListKeys,
+    RotateKey, WorkloadName,
+};
+
+use crate::cli::KeyCommand;
+use crate::CliError;
+
+/// Runs one key command in a fresh actix System.
+pub fn run(keystore: String, cmd: KeyCommand) -> Result<ExitCode, CliError> {
+    let choice: BackendChoice = keystore.parse()?;
+    actix::System::new().block_on(async move {
+        let backend = open_backend(choice)?;
+        let store = KeyStore::start(backend, thv_actors::state_dir()?);
+        dispatch(&store, cmd).await
+    })
+}
+
+/// Opens the backend off the async thread: the probe is a keychain call.
+fn open_backend(choice: BackendChoice) -> Result<Backend, CliError> {
+    std::thread::spawn(move || Backend::open(choice))
+        .join()
+        .map_err(|_| CliError::new("keystore probe panicked"))?
+        .map_err(CliError::from)
+}
+
+async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, CliError> {
+    match cmd {
+        KeyCommand::Create(arg) => {
+            let workload = WorkloadName::new(&arg.workload)?;
+            let created = ask(store, CreateKey { workload: workload.clone() }).await?;
+            if created {
+                eprintln!("created a key for workload {workload}");
+            } else {
+                eprintln!("workload {workload} already has a key");
+            }
+        }
+        KeyCommand::Show(arg) => {
+            let workload = WorkloadName::new(&arg.workload)?;
+            let keys = ask(store, GetKeys { workload }).await?;
+            let mut line = keys.current.expose_encoded();
+            line.push('\n');
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(line.as_bytes())
+                .and_then(|()| stdout.flush())
+                .map_err(|e| CliError::new(format!("cannot write the key to stdout: {e}")))?;
+        }
+        KeyCommand::Rotate(args) => {
+            let workload = WorkloadName::new(&args.workload)?;
+            let overlap = parse_overlap(&args.overlap)?;
+            let rotated = ask(store, RotateKey { workload: workload.clone(), overlap }).await?;
+            match rotated.previous_valid_until {
+                Some(until) => eprintln!(
+                    "rotated the key of workload {workload}; the previous key stays valid until {}",
+                    humantime::format_rfc3339_seconds(until)
+                ),
+                None => eprintln!(
+                    "rotated the key of workload {workload}; the previous key was revoked"
+                ),
+            }
+        }
+        KeyCommand::Delete(arg) => {
+            let workload = WorkloadName::new(&arg.workload)?;
+            if !ask(store, DeleteKeys { workload: workload.clone() }).await? {
+                return Err(Error::NoKey { workload }.into());
+            }
+            eprintln!("deleted the keys of workload {workload}");
+        }
+        KeyCommand::List(args) => {
+            let infos = ask(store, ListKeys).await?;
+            print_list(&infos, args.json)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ask<M>(store: &Addr<KeyStore>, msg: M) -> Result<M::Result, CliError>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    KeyStore: actix::Handler<M>,
+{
+    store
+        .send(msg)
+        .await
+        .map_err(|e| CliError::from(Error::from_mailbox("keystore", e)))
+}
+
+/// Parses `90s`, `10m`, `1h`, `0s`.
+fn parse_overlap(text: &str) -> Result<Duration, CliError> {
+    humantime::parse_duration(text).map_err(|e| {
+        CliError::new(format!("invalid --overlap \"{text}\": {e} (examples: 90s, 10m, 1h, 0s)"))
+    })
+}
+
+fn print_list(infos: &[KeyInfo], json: bool) -> Result<(), CliError> {
+    let mut out = String::new();
+    if json {
+        let rows: Vec<serde_json::Value> = infos.iter().map(json_row).collect();
+        out.push_str(&serde_json::to_string_pretty(&rows).expect("plain data serialises"));
+        out.push('\n');
+    } else {
+        out.push_str(&format!(
+            "{:<24} {:<21} {:<21} PREVIOUS KEYS VALID UNTIL\n",
+            "WORKLOAD", "CREATED", "ROTATED"
+        ));
+        for info in infos {
+            let previous: Vec<String> = info.previous_expiries.iter().map(|t| rfc3339(*t)).collect();
+            out.push_str(&format!(
+                "{:<24} {:<21} {:<21} {}\n",
+                info.workload,
+                rfc3339(info.created_at),
+                info.rotated_at.map_or_else(|| "-".to_owned(), rfc3339),
+                if previous.is_empty() { "-".to_owned() } else { previous.join(", ") },
+            ));
+        }
+    }
+    std::io::stdout()
+        .write_all(out.as_bytes())
+        .map_err(|e| CliError::new(format!("cannot write to stdout: {e}")))
+}
+
+fn json_row(info: &KeyInfo) -> serde_json::Value {
+    serde_json::json!({
+        "workload": info.workload,
+        "created_at": rfc3339(info.created_at),
+        "rotated_at": info.rotated_at.map(rfc3339),
+        "previous_keys": info.previous_expiries.iter()
+            .map(|t| serde_json::json!({ "valid_until": rfc3339(*t) }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
