@@ -82,16 +82,17 @@ async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, C
     Ok(ExitCode::SUCCESS)
 }
 
-async fn ask<M>(store: &Addr<KeyStore>, msg: M) -> Result<M::Result, CliError>
+async fn ask<M, T>(store: &Addr<KeyStore>, msg: M) -> Result<T, CliError>
 where
-    M: actix::Message + Send + 'static,
-    M::Result: Send,
+    M: actix::Message<Result = Result<T, Error>> + Send + 'static,
+    T: Send + 'static,
     KeyStore: actix::Handler<M>,
 {
     store
         .send(msg)
         .await
-        .map_err(|e| CliError::from(Error::from_mailbox("keystore", e)))
+        .map_err(|e| Error::from_mailbox("keystore", e))?
+        .map_err(CliError::from)
 }
 
 /// Parses `90s`, `10m`, `1h`, `0s`.

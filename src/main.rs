@@ -23,7 +23,9 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Key(cmd) => key_cmd::run(cli.keystore, cmd),
-        Command::DemoServer => thv_server::demo::run().map_err(|e| CliError::new(format!("demo server: {e}"))),
+        Command::DemoServer => thv_server::demo::run()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| CliError::new(format!("demo server: {e}"))),
     };
     match result {
         Ok(code) => code,

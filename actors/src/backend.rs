@@ -329,6 +329,11 @@ impl Backend {
             }
             #[cfg(target_os = "linux")]
             BackendKind::Keyutils => {
+                // Reach the persistent keyring before the keyring crate
+                // looks up our session keyring: the lookup joins a session
+                // keyring when the thread has none, and the crate must
+                // search the one the persistent keyring is linked into.
+                self.refresh()?;
                 let description = format!("{SERVICE}:{account}");
                 keyring::keyutils::KeyutilsCredential::new_with_target(
                     Some(&description),
