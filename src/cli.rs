@@ -12,8 +12,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub struct Cli {
     /// Where keys are kept: auto, secret-service, keyutils (Linux),
     /// macos-keychain, windows-credential-manager.
-    #[arg(long, global = true, env = "THV_ACTOR_KEYSTORE", default_value = "auto")]
-    pub keystore: String,
+    /// [default: auto, or the keystore of the running serve]
+    #[arg(long, global = true, env = "THV_ACTOR_KEYSTORE")]
+    pub keystore: Option<String>,
 
     /// Log line format on stderr (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -37,6 +38,30 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
 
+    /// Run every workload behind an authenticating proxy on loopback.
+    ///
+    /// Workloads come from the config file (--config, THV_ACTOR_CONFIG, or
+    /// ~/.config/thv-actor/config.toml), or one from the command line
+    /// (--name with --url, or with a command after --). With neither, serve
+    /// hosts the built-in `demo` workload.
+    Serve(ServeArgs),
+
+    /// Connect an MCP client's stdio to a workload, adding its key.
+    ///
+    /// This is the command an MCP client launches. It finds the workload's
+    /// URL and keystore from the running serve, reads the key from the
+    /// keychain, and sends it on every request.
+    Bridge(BridgeArgs),
+
+    /// List the workloads of the running serve (`[]` when none runs).
+    List(ListArgs),
+
+    /// Remove a workload: stop it if serve runs it, and delete its keys.
+    Rm(WorkloadArg),
+
+    /// Print (or --write) an MCP client's configuration for a workload.
+    ClientConfig(ClientConfigArgs),
+
     /// Run the built-in demo MCP server on stdin/stdout (serve spawns it for
     /// the default `demo` workload).
     DemoServer,
@@ -46,7 +71,8 @@ impl Command {
     /// The log level when RUST_LOG is unset.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Key(_) | Command::DemoServer => "warn",
+            Command::Serve(_) | Command::Bridge(_) => "info,actix_server=warn",
+            _ => "warn",
         }
     }
 }
@@ -95,4 +121,80 @@ pub struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The config file.
+    #[arg(long, env = "THV_ACTOR_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Serve one workload of this name, given by --url or a command after --.
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// The upstream MCP server's URL (with --name).
+    #[arg(long, requires = "name", conflicts_with = "command")]
+    pub url: Option<String>,
+
+    /// The upstream's transport (with --url).
+    #[arg(long, value_enum, requires = "url", default_value_t = UpstreamTransportArg::StreamableHttp)]
+    pub transport: UpstreamTransportArg,
+
+    /// The loopback port (with --name); without it a free port is picked
+    /// and kept for the next start.
+    #[arg(long, requires = "name")]
+    pub port: Option<u16>,
+
+    /// The stdio MCP server to run (with --name), after `--`.
+    #[arg(last = true, requires = "name")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UpstreamTransportArg {
+    /// Streamable HTTP.
+    StreamableHttp,
+    /// Legacy HTTP+SSE.
+    Sse,
+}
+
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// The workload to connect to.
+    pub workload: String,
+
+    /// Connect here instead of the URL the running serve publishes.
+    #[arg(long)]
+    pub url: Option<String>,
+
+    /// How long to wait for serve to come up (or back) before answering a
+    /// request with an error, like 30s or 2m.
+    #[arg(long, default_value = "30s")]
+    pub connect_wait: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientConfigArgs {
+    /// The workload.
+    pub workload: String,
+
+    /// Which client's format.
+    #[arg(long, value_enum, default_value_t = ClientKind::ClaudeDesktop)]
+    pub client: ClientKind,
+
+    /// Merge it into the client's user configuration file (backing the old
+    /// one up first) instead of printing it.
+    #[arg(long)]
+    pub write: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientKind {
+    /// Claude Desktop (claude_desktop_config.json).
+    ClaudeDesktop,
+    /// Cursor (~/.cursor/mcp.json).
+    Cursor,
+    /// VS Code (the user mcp.json).
+    Vscode,
 }

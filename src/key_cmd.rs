@@ -14,12 +14,45 @@ use crate::cli::KeyCommand;
 use crate::CliError;
 
 /// Runs one key command in a fresh actix System.
-pub fn run(keystore: String, cmd: KeyCommand) -> Result<ExitCode, CliError> {
-    let choice: BackendChoice = keystore.parse()?;
+pub fn run(keystore: Option<String>, cmd: KeyCommand) -> Result<ExitCode, CliError> {
+    let dir = thv_actors::state_dir()?;
+    let running = thv_server::state::running_state(&dir)?;
+    let choice = crate::keystore_choice(keystore, running.as_ref())?;
+    let changed = match &cmd {
+        KeyCommand::Rotate(a) => Some(a.workload.clone()),
+        KeyCommand::Delete(a) => Some(a.workload.clone()),
+        _ => None,
+    };
+
+    let code = with_keystore(
+        choice,
+        move |store| async move { dispatch(&store, cmd).await },
+    )?;
+
+    // A running serve re-reads keys within a second anyway; telling it
+    // makes the change immediate.
+    if let (Some(serve), Some(workload)) = (running, changed) {
+        if let Ok(workload) = WorkloadName::new(&workload) {
+            if let Err(err) =
+                thv_server::control::send(&serve.control_socket, &workload, "invalidate")
+            {
+                tracing::debug!(error = %err, "could not tell serve about the key change");
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Runs `f` with a started KeyStore in a fresh actix System.
+pub fn with_keystore<F, Fut, T>(choice: BackendChoice, f: F) -> Result<T, CliError>
+where
+    F: FnOnce(Addr<KeyStore>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CliError>>,
+{
     actix::System::new().block_on(async move {
         let backend = open_backend(choice)?;
         let store = KeyStore::start(backend, thv_actors::state_dir()?);
-        dispatch(&store, cmd).await
+        f(store).await
     })
 }
 
@@ -35,7 +68,13 @@ async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, C
     match cmd {
         KeyCommand::Create(arg) => {
             let workload = WorkloadName::new(&arg.workload)?;
-            let created = ask(store, CreateKey { workload: workload.clone() }).await?;
+            let created = ask(
+                store,
+                CreateKey {
+                    workload: workload.clone(),
+                },
+            )
+            .await?;
             if created {
                 eprintln!("created a key for workload {workload}");
             } else {
@@ -56,7 +95,14 @@ async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, C
         KeyCommand::Rotate(args) => {
             let workload = WorkloadName::new(&args.workload)?;
             let overlap = parse_overlap(&args.overlap)?;
-            let rotated = ask(store, RotateKey { workload: workload.clone(), overlap }).await?;
+            let rotated = ask(
+                store,
+                RotateKey {
+                    workload: workload.clone(),
+                    overlap,
+                },
+            )
+            .await?;
             match rotated.previous_valid_until {
                 Some(until) => eprintln!(
                     "rotated the key of workload {workload}; the previous key stays valid until {}",
@@ -69,7 +115,14 @@ async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, C
         }
         KeyCommand::Delete(arg) => {
             let workload = WorkloadName::new(&arg.workload)?;
-            if !ask(store, DeleteKeys { workload: workload.clone() }).await? {
+            if !ask(
+                store,
+                DeleteKeys {
+                    workload: workload.clone(),
+                },
+            )
+            .await?
+            {
                 return Err(Error::NoKey { workload }.into());
             }
             eprintln!("deleted the keys of workload {workload}");
@@ -82,7 +135,7 @@ async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, C
     Ok(ExitCode::SUCCESS)
 }
 
-async fn ask<M, T>(store: &Addr<KeyStore>, msg: M) -> Result<T, CliError>
+pub async fn ask<M, T>(store: &Addr<KeyStore>, msg: M) -> Result<T, CliError>
 where
     M: actix::Message<Result = Result<T, Error>> + Send + 'static,
     T: Send + 'static,
@@ -98,7 +151,9 @@ where
 /// Parses `90s`, `10m`, `1h`, `0s`.
 fn parse_overlap(text: &str) -> Result<Duration, CliError> {
     humantime::parse_duration(text).map_err(|e| {
-        CliError::new(format!("invalid --overlap \"{text}\": {e} (examples: 90s, 10m, 1h, 0s)"))
+        CliError::new(format!(
+            "invalid --overlap \"{text}\": {e} (examples: 90s, 10m, 1h, 0s)"
+        ))
     })
 }
 
@@ -114,13 +169,18 @@ fn print_list(infos: &[KeyInfo], json: bool) -> Result<(), CliError> {
             "WORKLOAD", "CREATED", "ROTATED"
         ));
         for info in infos {
-            let previous: Vec<String> = info.previous_expiries.iter().map(|t| rfc3339(*t)).collect();
+            let previous: Vec<String> =
+                info.previous_expiries.iter().map(|t| rfc3339(*t)).collect();
             out.push_str(&format!(
                 "{:<24} {:<21} {:<21} {}\n",
                 info.workload,
                 rfc3339(info.created_at),
                 info.rotated_at.map_or_else(|| "-".to_owned(), rfc3339),
-                if previous.is_empty() { "-".to_owned() } else { previous.join(", ") },
+                if previous.is_empty() {
+                    "-".to_owned()
+                } else {
+                    previous.join(", ")
+                },
             ));
         }
     }

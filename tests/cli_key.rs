@@ -12,7 +12,10 @@ fn show(env: &Env, w: &str) -> SharedKey {
     let out = env.run(&["key", "show", w]);
     ok(&out);
     let text = stdout(&out);
-    assert!(text.ends_with('\n') && text.lines().count() == 1, "show printed {text:?}");
+    assert!(
+        text.ends_with('\n') && text.lines().count() == 1,
+        "show printed {text:?}"
+    );
     SharedKey::parse(text.trim_end()).expect("show prints one key")
 }
 
@@ -33,14 +36,26 @@ fn create_show_rotate_delete_round_trip() {
         let key = show(&env, &w);
         let rotated = env.run(&["key", "rotate", &w, "--overlap", "90s"]);
         ok(&rotated);
-        assert!(stderr(&rotated).contains("stays valid until"), "{}", stderr(&rotated));
+        assert!(
+            stderr(&rotated).contains("stays valid until"),
+            "{}",
+            stderr(&rotated)
+        );
         let new = show(&env, &w);
-        assert!(!new.ct_eq(&key), "{keystore}: rotate did not change the key");
+        assert!(
+            !new.ct_eq(&key),
+            "{keystore}: rotate did not change the key"
+        );
 
         let list = env.run(&["key", "list", "--json"]);
         ok(&list);
         let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-        let row = rows.as_array().unwrap().iter().find(|r| r["workload"] == w.as_str()).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["workload"] == w.as_str())
+            .unwrap();
         assert!(row["rotated_at"].is_string());
         assert_eq!(row["previous_keys"].as_array().unwrap().len(), 1);
 
@@ -52,7 +67,11 @@ fn create_show_rotate_delete_round_trip() {
 
         ok(&env.run(&["key", "delete", &w]));
         let gone = env.run(&["key", "show", &w]);
-        assert_eq!(gone.status.code(), Some(1), "{keystore}: show of a deleted key");
+        assert_eq!(
+            gone.status.code(),
+            Some(1),
+            "{keystore}: show of a deleted key"
+        );
         assert!(stdout(&gone).is_empty());
         assert_eq!(stderr(&gone).lines().count(), 1, "{}", stderr(&gone));
     }
@@ -81,7 +100,9 @@ fn a_key_made_in_one_session_keyring_is_seen_from_another() {
 fn fifty_processes_at_once_make_fifty_distinct_keys() {
     for keystore in KEYSTORES {
         let env = Env::new(keystore);
-        let names: Vec<String> = (0..50).map(|i| common::unique(&format!("seed{i}"))).collect();
+        let names: Vec<String> = (0..50)
+            .map(|i| common::unique(&format!("seed{i}")))
+            .collect();
         let children: Vec<_> = names
             .iter()
             .map(|w| {
@@ -105,7 +126,13 @@ fn fifty_processes_at_once_make_fifty_distinct_keys() {
         let list = env.run(&["key", "list", "--json"]);
         let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
         for w in &names {
-            assert!(rows.as_array().unwrap().iter().any(|r| r["workload"] == w.as_str()), "{w} not in the index");
+            assert!(
+                rows.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["workload"] == w.as_str()),
+                "{w} not in the index"
+            );
             ok(&env.run(&["key", "delete", w]));
         }
     }
@@ -116,7 +143,12 @@ fn fifty_processes_creating_one_workload_agree_on_one_key() {
     let env = Env::new("keyutils");
     let w = common::unique("race");
     let children: Vec<_> = (0..50)
-        .map(|_| env.cmd(&["key", "create", &w]).stderr(Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            env.cmd(&["key", "create", &w])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     let created = children
         .into_iter()
@@ -135,8 +167,14 @@ fn failures_exit_non_zero_with_one_line() {
         (vec!["key", "show", "-x"], ""),
         (vec!["key", "rotate", "nope-never-made"], "has no key"),
         (vec!["key", "delete", "nope-never-made"], "has no key"),
-        (vec!["key", "rotate", "x", "--overlap", "soon"], "invalid --overlap"),
-        (vec!["--keystore", "floppy", "key", "list"], "unknown keystore"),
+        (
+            vec!["key", "rotate", "x", "--overlap", "soon"],
+            "invalid --overlap",
+        ),
+        (
+            vec!["--keystore", "floppy", "key", "list"],
+            "unknown keystore",
+        ),
     ];
     for (args, want) in cases {
         let out = env.run(&args);
@@ -159,7 +197,10 @@ fn an_unreachable_secret_service_is_named_with_what_to_do() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("secret-service") && err.contains("keyutils"), "{err}");
+    assert!(
+        err.contains("secret-service") && err.contains("keyutils"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 

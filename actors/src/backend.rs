@@ -192,7 +192,10 @@ impl Backend {
         let secret_service = Backend::for_kind(BackendKind::SecretService)?;
         match secret_service.probe() {
             Ok(()) => {
-                tracing::info!(keystore = "secret-service", "keystore chosen: the Secret Service answered");
+                tracing::info!(
+                    keystore = "secret-service",
+                    "keystore chosen: the Secret Service answered"
+                );
                 return Ok(secret_service);
             }
             Err(err @ Error::BackendLocked { .. }) => return Err(err),

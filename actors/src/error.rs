@@ -120,7 +120,9 @@ pub enum Error {
     },
 
     /// The caller asked for the key of a workload that has none.
-    #[error("workload \"{workload}\" has no key (create one with `thv-actor key create {workload}`)")]
+    #[error(
+        "workload \"{workload}\" has no key (create one with `thv-actor key create {workload}`)"
+    )]
     NoKey {
         /// The workload.
         workload: WorkloadName,

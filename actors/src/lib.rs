@@ -10,18 +10,22 @@ mod name;
 mod paths;
 pub mod records;
 mod supervise;
-mod validator;
 #[doc(hidden)]
 pub mod testing;
+mod validator;
 
-pub use backend::{prepare_session_bus, standard_session_bus, Backend, BackendChoice, BackendKind, SERVICE};
+pub use backend::{
+    prepare_session_bus, standard_session_bus, Backend, BackendChoice, BackendKind, SERVICE,
+};
 pub use error::{Error, KeyParseError};
+pub use key::{SharedKey, ENCODED_LEN, KEY_LEN};
+#[cfg(feature = "fault-injection")]
+pub use keystore::InjectBackendPanic;
 pub use keystore::{
     CreateKey, DeleteKeys, GetKeys, KeyStore, ListKeys, PruneKeys, RefreshBackend, RotateKey,
     WhichBackend,
 };
-#[cfg(feature = "fault-injection")]
-pub use keystore::InjectBackendPanic;
+pub use name::{WorkloadName, MAX_NAME_LEN};
 pub use paths::{create_private_dir, home_dir, state_dir, STATE_DIR_ENV};
 pub use records::{KeyInfo, KeySet, PreviousKey, Rotated};
 pub use supervise::RestartTracker;
@@ -31,5 +35,3 @@ pub use validator::{
     Invalidate, Validate, Validator, ValidatorConfig, Validators, Verdict, DEFAULT_MAX_STALE,
     DEFAULT_REFRESH,
 };
-pub use key::{SharedKey, ENCODED_LEN, KEY_LEN};
-pub use name::{WorkloadName, MAX_NAME_LEN};

@@ -64,7 +64,12 @@ impl RestartTracker {
         };
         drop(storm);
 
-        tracing::warn!(actor, restarts = total, backoff_ms = backoff.as_millis() as u64, "actor restarted");
+        tracing::warn!(
+            actor,
+            restarts = total,
+            backoff_ms = backoff.as_millis() as u64,
+            "actor restarted"
+        );
         backoff
     }
 }

@@ -21,7 +21,11 @@ pub fn encodings(key: &SharedKey) -> Vec<String> {
     ];
     let percent: Vec<String> = forms[..4]
         .iter()
-        .map(|f| f.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"))
+        .map(|f| {
+            f.replace('+', "%2B")
+                .replace('/', "%2F")
+                .replace('=', "%3D")
+        })
         .collect();
     forms.extend(percent);
     forms.sort();
@@ -31,5 +35,7 @@ pub fn encodings(key: &SharedKey) -> Vec<String> {
 
 /// Whether `haystack` contains any form of `key`.
 pub fn leaks(haystack: &str, key: &SharedKey) -> bool {
-    encodings(key).iter().any(|form| haystack.contains(form.as_str()))
+    encodings(key)
+        .iter()
+        .any(|form| haystack.contains(form.as_str()))
 }

@@ -169,7 +169,7 @@ impl Validator {
     }
 
     /// Decides from the cache, or `None` when the keychain must be asked.
-    fn from_cache(&self, workload: &WorkloadName, presented: &SharedKey) -> Option<Verdict> {
+    fn cached_verdict(&self, workload: &WorkloadName, presented: &SharedKey) -> Option<Verdict> {
         let cached = self.cache.get(workload)?;
         if cached.asked_at.elapsed() >= self.config.refresh {
             return None;
@@ -190,7 +190,14 @@ impl Validator {
                     verified_at: now,
                     asked_at: now,
                 };
-                Ok(Some(&self.cache.entry(workload.clone()).insert_entry(entry).into_mut().keys))
+                Ok(Some(
+                    &self
+                        .cache
+                        .entry(workload.clone())
+                        .insert_entry(entry)
+                        .into_mut()
+                        .keys,
+                ))
             }
             Err(Error::NoKey { .. }) => {
                 self.cache.remove(&workload);
@@ -246,12 +253,20 @@ fn verdict(keys: &KeySet, presented: &SharedKey) -> Verdict {
 /// failed read each get an equivalent error without the source.
 fn clone_unreachable(err: &Error) -> Error {
     match err {
-        Error::BackendUnavailable { backend, hint, source } => Error::BackendUnavailable {
+        Error::BackendUnavailable {
+            backend,
+            hint,
+            source,
+        } => Error::BackendUnavailable {
             backend: *backend,
             hint,
             source: source.to_string().into(),
         },
-        Error::BackendLocked { backend, hint, source } => Error::BackendLocked {
+        Error::BackendLocked {
+            backend,
+            hint,
+            source,
+        } => Error::BackendLocked {
             backend: *backend,
             hint,
             source: source.to_string().into(),
@@ -275,7 +290,9 @@ impl Supervised for Validator {
         // a dropped channel later.
         for (_, waiters) in self.waiting.drain() {
             for waiter in waiters {
-                let _ = waiter.reply_tx.send(Err(Error::ActorFailed { actor: "validator" }));
+                let _ = waiter
+                    .reply_tx
+                    .send(Err(Error::ActorFailed { actor: "validator" }));
             }
         }
         self.cache.clear();
@@ -301,7 +318,7 @@ impl Handler<Validate> for Validator {
             if inject {
                 panic!("injected validator fault");
             }
-            this.from_cache(&msg.workload, &msg.presented)
+            this.cached_verdict(&msg.workload, &msg.presented)
         }));
 
         // A hit answers at once; the request path pays no allocation here.
@@ -331,7 +348,9 @@ impl Handler<Validate> for Validator {
                 workload: workload.clone(),
             });
             ctx.spawn(read.into_actor(self).map(move |res, act, _| {
-                let res = res.map_err(|e| Error::from_mailbox("keystore", e)).and_then(|r| r);
+                let res = res
+                    .map_err(|e| Error::from_mailbox("keystore", e))
+                    .and_then(|r| r);
                 act.finish_read(workload, res);
             }));
         }
@@ -397,7 +416,8 @@ impl Validators {
         let msg = Invalidate {
             workload: workload.cloned(),
         };
-        self.lock().retain(|addr| addr.connected() && addr.try_send(msg.clone()).is_ok());
+        self.lock()
+            .retain(|addr| addr.connected() && addr.try_send(msg.clone()).is_ok());
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recipient<Invalidate>>> {

@@ -17,7 +17,9 @@ pub fn require_setup() {
     if std::env::var_os("THV_TEST_SETUP").is_none()
         && std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_none()
     {
-        panic!("these tests need the real keychains that ./scripts/test starts; run ./scripts/test");
+        panic!(
+            "these tests need the real keychains that ./scripts/test starts; run ./scripts/test"
+        );
     }
 }
 
@@ -70,11 +72,15 @@ impl Env {
     /// a process of a separate login would be.
     pub fn run_in_new_session(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("keyctl");
-        cmd.arg("session").arg("-").arg(bin()).args(args)
+        cmd.arg("session")
+            .arg("-")
+            .arg(bin())
+            .args(args)
             .env("THV_ACTOR_STATE_DIR", self.dir.path())
             .env("THV_ACTOR_KEYSTORE", self.keystore)
             .stdin(Stdio::null());
-        cmd.output().expect("spawn keyctl (scripts/setup installs keyutils)")
+        cmd.output()
+            .expect("spawn keyctl (scripts/setup installs keyutils)")
     }
 }
 
@@ -91,7 +97,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// Asserts success, showing stderr when not.
 pub fn ok(o: &Output) -> &Output {
-    assert!(o.status.success(), "exit {:?}; stderr:\n{}", o.status, stderr(o));
+    assert!(
+        o.status.success(),
+        "exit {:?}; stderr:\n{}",
+        o.status,
+        stderr(o)
+    );
     o
 }
 
