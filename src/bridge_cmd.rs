@@ -119,7 +119,7 @@ pub fn run(keystore: Option<String>, plan: Plan) -> Result<std::process::ExitCod
         let backend = actix_web::rt::task::spawn_blocking(move || Backend::open(choice))
             .await
             .map_err(|_| CliError::new("keystore probe panicked"))??;
-        let store = KeyStore::start(backend, thv_actors::state_dir()?);
+        let store = KeyStore::start(backend)?;
         let keys = Box::new(KeychainKeys {
             store,
             workload: plan.workload,

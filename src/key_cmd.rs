@@ -51,7 +51,7 @@ where
 {
     actix::System::new().block_on(async move {
         let backend = open_backend(choice)?;
-        let store = KeyStore::start(backend, thv_actors::state_dir()?);
+        let store = KeyStore::start(backend)?;
         f(store).await
     })
 }

@@ -16,6 +16,10 @@ pub fn run(keystore: thv_actors::BackendChoice, args: ServeArgs) -> Result<ExitC
     let (config, origin) = workloads(args)?;
     let mut options = ServeOptions::new(config, origin, keystore, thv_actors::state_dir()?);
     test_overrides(&mut options);
+    // Kept for the benchmark that compares the two layouts.
+    if std::env::var("THV_ACTOR_VALIDATOR").as_deref() == Ok("shared") {
+        options.validator_per_worker = false;
+    }
 
     actix_web::rt::System::new().block_on(serve::run(options))?;
     Ok(ExitCode::SUCCESS)
@@ -121,6 +125,9 @@ fn test_overrides(options: &mut ServeOptions) {
     }
     if let Some(every) = millis("THV_ACTOR_TEST_MAINTENANCE_MS") {
         options.maintenance_interval = every;
+    }
+    if let Some(stale) = millis("THV_ACTOR_TEST_MAX_STALE_MS") {
+        options.validator.max_stale = stale;
     }
 }
 

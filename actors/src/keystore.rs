@@ -36,7 +36,7 @@ use crate::WorkloadName;
 ///
 /// # async fn demo() -> Result<(), thv_actors::Error> {
 /// let backend = Backend::open(BackendChoice::Auto)?;
-/// let keystore = KeyStore::start(backend, thv_actors::state_dir()?);
+/// let keystore = KeyStore::start(backend)?;
 /// let name = WorkloadName::new("time")?;
 /// let created = keystore
 ///     .send(CreateKey { workload: name })
@@ -54,18 +54,27 @@ pub struct KeyStore {
 impl KeyStore {
     /// Starts the actor on its own thread. Call inside a running actix
     /// `System`.
-    pub fn start(backend: Backend, state_dir: PathBuf) -> Addr<KeyStore> {
-        KeyStore::start_tracked(backend, state_dir, RestartTracker::new())
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the directory of the cross-process lock
+    /// ([`crate::keystore_lock_dir`]) cannot be created.
+    pub fn start(backend: Backend) -> Result<Addr<KeyStore>, Error> {
+        KeyStore::start_tracked(backend, RestartTracker::new())
     }
 
     /// As [`KeyStore::start`], counting restarts in `restarts`.
+    ///
+    /// # Errors
+    ///
+    /// As [`KeyStore::start`].
     pub fn start_tracked(
         backend: Backend,
-        state_dir: PathBuf,
         restarts: RestartTracker,
-    ) -> Addr<KeyStore> {
+    ) -> Result<Addr<KeyStore>, Error> {
+        let lock_dir: PathBuf = crate::paths::keystore_lock_dir()?;
         let started = std::sync::atomic::AtomicBool::new(false);
-        SyncArbiter::start(1, move || {
+        Ok(SyncArbiter::start(1, move || {
             // The arbiter calls this once at start and again each time the
             // actor stops; every call after the first is a restart.
             if started.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -75,11 +84,11 @@ impl KeyStore {
                 std::thread::sleep(backoff);
             }
             KeyStore {
-                records: Records::new(backend.clone(), &state_dir),
+                records: Records::new(backend.clone(), &lock_dir),
                 #[cfg(feature = "fault-injection")]
                 panic_next: false,
             }
-        })
+        }))
     }
 
     /// Runs one keychain operation, turning a panic into

@@ -26,12 +26,12 @@ pub use keystore::{
     WhichBackend,
 };
 pub use name::{WorkloadName, MAX_NAME_LEN};
-pub use paths::{create_private_dir, home_dir, state_dir, STATE_DIR_ENV};
+pub use paths::{create_private_dir, home_dir, keystore_lock_dir, state_dir, STATE_DIR_ENV};
 pub use records::{KeyInfo, KeySet, PreviousKey, Rotated};
 pub use supervise::RestartTracker;
 #[cfg(feature = "fault-injection")]
 pub use validator::InjectValidatorPanic;
 pub use validator::{
-    Invalidate, Validate, Validator, ValidatorConfig, Validators, Verdict, DEFAULT_MAX_STALE,
-    DEFAULT_REFRESH,
+    Invalidate, Preload, Validate, Validator, ValidatorConfig, Validators, Verdict,
+    DEFAULT_MAX_STALE, DEFAULT_REFRESH,
 };

@@ -29,6 +29,27 @@ pub fn state_dir() -> Result<PathBuf, Error> {
     Ok(dir)
 }
 
+/// The directory of the lock that serialises keychain updates across
+/// processes: `<home>/.local/state/thv-actor`, with the home directory taken
+/// from the password database before `$HOME`.
+///
+/// The keychain belongs to the user, not to a state directory, so the lock
+/// does too: two processes with different `HOME` or `THV_ACTOR_STATE_DIR`
+/// still update the same keychain entries, and must take the same lock.
+///
+/// # Errors
+///
+/// [`Error::Io`] when it cannot be created.
+pub fn keystore_lock_dir() -> Result<PathBuf, Error> {
+    let home = match passwd_home() {
+        Some(home) => home,
+        None => home_dir()?,
+    };
+    let dir = home.join(".local/state/thv-actor");
+    create_private_dir(&dir)?;
+    Ok(dir)
+}
+
 /// Creates `dir` (and parents) with mode 0700 on Unix.
 ///
 /// # Errors

@@ -11,7 +11,8 @@
 //! | `index:workloads` | JSON list of the workload names that have keys (a keychain cannot be listed portably) |
 //!
 //! Updates from several processes are serialised by an exclusive `flock` on
-//! `keystore.lock` in the state directory, so two `key create` runs of the
+//! `keystore.lock` in the user's own state directory
+//! ([`crate::keystore_lock_dir`]), so two `key create` runs of the
 //! same workload cannot store two different keys, and the index loses no
 //! name.
 
@@ -117,11 +118,11 @@ pub struct Records {
 
 impl Records {
     /// Records in `backend`, with updates serialised by a lock file in
-    /// `state_dir`.
-    pub fn new(backend: Backend, state_dir: &Path) -> Records {
+    /// `lock_dir` (see [`crate::keystore_lock_dir`]).
+    pub fn new(backend: Backend, lock_dir: &Path) -> Records {
         Records {
             backend,
-            lock_path: state_dir.join("keystore.lock"),
+            lock_path: lock_dir.join("keystore.lock"),
         }
     }
 

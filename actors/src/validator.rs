@@ -78,6 +78,16 @@ pub struct Invalidate {
     pub workload: Option<WorkloadName>,
 }
 
+/// Read `workload`'s keys into the cache now, before any request needs
+/// them: a Validator that has never read a workload's keys has nothing to
+/// validate with during a keychain outage.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Preload {
+    /// The workload.
+    pub workload: WorkloadName,
+}
+
 /// Test builds only: the next validation panics inside the handler.
 #[cfg(feature = "fault-injection")]
 #[derive(Debug, Message)]
@@ -175,6 +185,20 @@ impl Validator {
             return None;
         }
         Some(verdict(&cached.keys, presented))
+    }
+
+    /// Asks the KeyStore for `workload`'s keys; the answer goes to
+    /// [`Validator::finish_read`].
+    fn read_keys(&mut self, workload: WorkloadName, ctx: &mut Context<Self>) {
+        let read = self.keystore.send(GetKeys {
+            workload: workload.clone(),
+        });
+        ctx.spawn(read.into_actor(self).map(move |res, act, _| {
+            let res = res
+                .map_err(|e| Error::from_mailbox("keystore", e))
+                .and_then(|r| r);
+            act.finish_read(workload, res);
+        }));
     }
 
     /// Records the KeyStore's answer for `workload` and answers everyone
@@ -343,22 +367,24 @@ impl Handler<Validate> for Validator {
             reply_tx,
         });
         if first {
-            let workload = msg.workload;
-            let read = self.keystore.send(GetKeys {
-                workload: workload.clone(),
-            });
-            ctx.spawn(read.into_actor(self).map(move |res, act, _| {
-                let res = res
-                    .map_err(|e| Error::from_mailbox("keystore", e))
-                    .and_then(|r| r);
-                act.finish_read(workload, res);
-            }));
+            self.read_keys(msg.workload, ctx);
         }
         actix::Response::fut(async move {
             reply_rx
                 .await
                 .unwrap_or(Err(Error::ActorFailed { actor: "validator" }))
         })
+    }
+}
+
+impl Handler<Preload> for Validator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Preload, ctx: &mut Self::Context) {
+        let waiters = self.waiting.entry(msg.workload.clone()).or_default();
+        if waiters.is_empty() {
+            self.read_keys(msg.workload, ctx);
+        }
     }
 }
 
@@ -390,7 +416,7 @@ impl Handler<InjectValidatorPanic> for Validator {
 /// without crossing threads). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Validators {
-    addrs: Arc<Mutex<Vec<Recipient<Invalidate>>>>,
+    addrs: Arc<Mutex<Vec<Addr<Validator>>>>,
 }
 
 impl std::fmt::Debug for Validators {
@@ -407,7 +433,7 @@ impl Validators {
 
     /// Adds a Validator to be told of invalidations.
     pub fn register(&self, addr: &Addr<Validator>) {
-        self.lock().push(addr.clone().recipient());
+        self.lock().push(addr.clone());
     }
 
     /// Tells every registered Validator to drop cached keys. Validators
@@ -420,7 +446,15 @@ impl Validators {
             .retain(|addr| addr.connected() && addr.try_send(msg.clone()).is_ok());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Recipient<Invalidate>>> {
+    /// Test builds only: the next validation of every Validator panics.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self) {
+        for addr in self.lock().iter() {
+            let _ = addr.try_send(InjectValidatorPanic);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Addr<Validator>>> {
         self.addrs.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

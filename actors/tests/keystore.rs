@@ -19,16 +19,15 @@ where
     store.send(msg).await.expect("keystore mailbox open")
 }
 
-fn start(backend: thv_actors::Backend, dir: &tempfile::TempDir) -> Addr<KeyStore> {
-    KeyStore::start(backend, dir.path().to_owned())
+fn start(backend: thv_actors::Backend) -> Addr<KeyStore> {
+    KeyStore::start(backend).unwrap()
 }
 
 #[actix_rt::test]
 async fn create_is_idempotent_and_get_returns_the_same_key() {
     for backend in common::backends() {
         let kind = backend.kind();
-        let dir = tempfile::tempdir().unwrap();
-        let store = start(backend, &dir);
+        let store = start(backend);
         let w = common::unique_workload("create");
 
         assert!(
@@ -81,8 +80,7 @@ async fn create_is_idempotent_and_get_returns_the_same_key() {
 async fn rotation_keeps_every_unexpired_key_and_zero_overlap_revokes() {
     for backend in common::backends() {
         let kind = backend.kind();
-        let dir = tempfile::tempdir().unwrap();
-        let store = start(backend, &dir);
+        let store = start(backend);
         let w = common::unique_workload("rotate");
         ask(
             &store,
@@ -189,8 +187,7 @@ async fn rotation_keeps_every_unexpired_key_and_zero_overlap_revokes() {
 async fn previous_keys_expire_and_are_deleted_from_the_keychain() {
     for backend in common::backends() {
         let kind = backend.kind();
-        let dir = tempfile::tempdir().unwrap();
-        let store = start(backend, &dir);
+        let store = start(backend);
         let w = common::unique_workload("expire");
         ask(
             &store,
@@ -243,8 +240,7 @@ async fn previous_keys_expire_and_are_deleted_from_the_keychain() {
 async fn delete_removes_every_entry_and_list_forgets_the_workload() {
     for backend in common::backends() {
         let kind = backend.kind();
-        let dir = tempfile::tempdir().unwrap();
-        let store = start(backend, &dir);
+        let store = start(backend);
         let w = common::unique_workload("delete");
         ask(
             &store,
@@ -303,8 +299,7 @@ async fn delete_removes_every_entry_and_list_forgets_the_workload() {
 #[actix_rt::test]
 async fn rotating_a_workload_without_a_key_is_an_error() {
     for backend in common::backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = start(backend, &dir);
+        let store = start(backend);
         let w: WorkloadName = common::unique_workload("nokey");
         let err = ask(
             &store,
@@ -322,8 +317,7 @@ async fn rotating_a_workload_without_a_key_is_an_error() {
 #[actix_rt::test]
 async fn two_workloads_never_share_a_key() {
     let backend = common::open(thv_actors::BackendKind::Keyutils);
-    let dir = tempfile::tempdir().unwrap();
-    let store = start(backend, &dir);
+    let store = start(backend);
     let mut seen = Vec::new();
     for _ in 0..20 {
         let w = common::unique_workload("distinct");
@@ -357,9 +351,8 @@ async fn a_panicking_backend_call_restarts_the_actor_and_errors_the_caller() {
 
     for backend in common::backends() {
         let kind = backend.kind();
-        let dir = tempfile::tempdir().unwrap();
         let restarts = RestartTracker::new();
-        let store = KeyStore::start_tracked(backend, dir.path().to_owned(), restarts.clone());
+        let store = KeyStore::start_tracked(backend, restarts.clone()).unwrap();
         let w = common::unique_workload("panic");
         ask(
             &store,

@@ -36,8 +36,7 @@ async fn trace_logs_of_every_operation_hold_no_key() {
 
     let mut keys = Vec::new();
     for backend in common::backends() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::start(backend, dir.path().to_owned());
+        let store = KeyStore::start(backend).unwrap();
         let validator = Validator::start(store.clone(), ValidatorConfig::default());
         let w = common::unique_workload("leak");
 

@@ -20,8 +20,7 @@ fn config(refresh_ms: u64) -> ValidatorConfig {
 async fn accepts_the_current_key_and_refuses_others() {
     for backend in common::backends() {
         let kind = backend.kind();
-        let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::start(backend, dir.path().to_owned());
+        let store = KeyStore::start(backend).unwrap();
         let validator = Validator::start(store.clone(), config(60_000));
         let w = common::unique_workload("validate");
         let other = common::unique_workload("validate-other");
@@ -93,8 +92,7 @@ async fn accepts_the_current_key_and_refuses_others() {
 #[actix_rt::test]
 async fn a_rotated_or_deleted_key_stops_validating_after_the_refresh_interval() {
     let backend = common::open(thv_actors::BackendKind::Keyutils);
-    let dir = tempfile::tempdir().unwrap();
-    let store = KeyStore::start(backend, dir.path().to_owned());
+    let store = KeyStore::start(backend).unwrap();
     let validator = Validator::start(store.clone(), config(200));
     let w = common::unique_workload("refresh");
     store
@@ -150,8 +148,7 @@ async fn a_rotated_or_deleted_key_stops_validating_after_the_refresh_interval() 
 #[actix_rt::test]
 async fn concurrent_misses_share_one_keychain_read() {
     let backend = common::open(thv_actors::BackendKind::Keyutils);
-    let dir = tempfile::tempdir().unwrap();
-    let store = KeyStore::start(backend, dir.path().to_owned());
+    let store = KeyStore::start(backend).unwrap();
     let validator = Validator::start(store.clone(), config(60_000));
     let w = common::unique_workload("coalesce");
     store
@@ -205,8 +202,7 @@ async fn a_panicking_validation_fails_that_request_and_the_actor_comes_back() {
     use thv_actors::{Error, InjectValidatorPanic, RestartTracker};
 
     let backend = common::open(thv_actors::BackendKind::Keyutils);
-    let dir = tempfile::tempdir().unwrap();
-    let store = KeyStore::start(backend, dir.path().to_owned());
+    let store = KeyStore::start(backend).unwrap();
     let restarts = RestartTracker::new();
     let validator = Validator::start_tracked(store.clone(), config(60_000), restarts.clone());
     let w = common::unique_workload("vpanic");

@@ -114,7 +114,7 @@ pub struct AuthStats {
 /// #[actix_web::main]
 /// async fn main() -> std::io::Result<()> {
 ///     let backend = Backend::open(BackendChoice::Auto).expect("a keychain");
-///     let keystore = KeyStore::start(backend, thv_actors::state_dir().expect("home"));
+///     let keystore = KeyStore::start(backend).expect("a lock directory");
 ///     HttpServer::new(move || {
 ///         let validator = Validator::start(keystore.clone(), ValidatorConfig::default());
 ///         App::new()

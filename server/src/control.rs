@@ -7,6 +7,9 @@
 //!
 //! - `POST /v1/workloads/<name>/invalidate`: keys changed; drop cached ones
 //! - `POST /v1/workloads/<name>/remove`: stop the workload and delete its keys
+//! - test builds only (feature `fault-injection`):
+//!   `POST /v1/workloads/<name>/fault-keystore` and `.../fault-validator`
+//!   make the next keystore operation or validation panic
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -31,6 +34,13 @@ pub enum ControlCommand {
         workload: WorkloadName,
         /// The answer: `Ok(false)` when serve does not run it.
         reply_tx: oneshot::Sender<Result<bool, String>>,
+    },
+    /// Test builds only: make the next KeyStore operation or validation
+    /// panic.
+    #[cfg(feature = "fault-injection")]
+    InjectFault {
+        /// `keystore` or `validator`.
+        target: String,
     },
 }
 
@@ -66,6 +76,12 @@ pub fn configure(
                             Ok(Err(e)) => HttpResponse::InternalServerError().body(e),
                             Err(_) => HttpResponse::ServiceUnavailable().body("serve is stopping"),
                         }
+                    }
+                    #[cfg(feature = "fault-injection")]
+                    "fault-keystore" | "fault-validator" => {
+                        let target = op.trim_start_matches("fault-").to_owned();
+                        let _ = tx.send(ControlCommand::InjectFault { target }).await;
+                        HttpResponse::Ok().body("armed")
                     }
                     _ => HttpResponse::NotFound().body("unknown command"),
                 }

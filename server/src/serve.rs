@@ -44,6 +44,9 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// How the Validators cache.
     pub validator: ValidatorConfig,
+    /// One Validator per worker thread (the default), or one shared by all
+    /// workers of a listener (kept to measure the difference).
+    pub validator_per_worker: bool,
     /// Worker threads per workload listener.
     pub workers: usize,
     /// Bound on connecting to an HTTP upstream.
@@ -69,6 +72,7 @@ impl ServeOptions {
             keystore,
             state_dir,
             validator: ValidatorConfig::default(),
+            validator_per_worker: true,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get().min(4)),
             connect_timeout: Duration::from_secs(5),
             maintenance_interval: Duration::from_secs(30),
@@ -113,7 +117,7 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
     let kind = backend.kind();
     tracing::info!(keystore = %kind, "keystore ready");
     let shared = Arc::new(Shared {
-        keystore: KeyStore::start(backend, dir.clone()),
+        keystore: KeyStore::start(backend)?,
         validators: Validators::new(),
         options,
     });
@@ -201,6 +205,15 @@ async fn serve_until_signal(
                 ControlCommand::Invalidate { workload } => {
                     tracing::debug!(workload = %workload, "keys changed elsewhere; dropping cached keys");
                     shared.validators.invalidate(Some(&workload));
+                }
+                #[cfg(feature = "fault-injection")]
+                ControlCommand::InjectFault { target } => {
+                    tracing::warn!(target = %target, "fault injection armed");
+                    if target == "keystore" {
+                        let _ = shared.keystore.send(thv_actors::InjectBackendPanic).await;
+                    } else {
+                        shared.validators.inject_panic();
+                    }
                 }
                 ControlCommand::Remove { workload, reply_tx } => {
                     let answer = remove(shared, running, ports, &workload).await;
@@ -465,12 +478,28 @@ fn listen(
     let validators = shared.validators.clone();
     let validator_config = shared.options.validator;
     let stats = Arc::new(AuthStats::default());
-
-    let server = HttpServer::new(move || {
-        // One Validator per worker thread: the middleware asks it without
-        // crossing threads.
+    let shared_validator = (!shared.options.validator_per_worker).then(|| {
         let validator = Validator::start(keystore.clone(), validator_config);
         validators.register(&validator);
+        validator.do_send(thv_actors::Preload {
+            workload: name.clone(),
+        });
+        validator
+    });
+
+    let server = HttpServer::new(move || {
+        // One Validator per worker thread by default: the middleware asks it
+        // without crossing threads.
+        let validator = shared_validator.clone().unwrap_or_else(|| {
+            let validator = Validator::start(keystore.clone(), validator_config);
+            validators.register(&validator);
+            validator
+        });
+        if auth_on {
+            validator.do_send(thv_actors::Preload {
+                workload: name.clone(),
+            });
+        }
         let auth = SharedKeyAuth::with_stats(name.clone(), validator, stats.clone());
         let target = target.clone();
 
