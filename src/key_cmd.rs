@@ -129,7 +129,8 @@ async fn dispatch(store: &Addr<KeyStore>, cmd: KeyCommand) -> Result<ExitCode, C
         }
         KeyCommand::List(args) => {
             let infos = ask(store, ListKeys).await?;
-            print_list(&infos, args.json)?;
+            let known = known_workloads();
+            print_list(&infos, &known, args.json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -157,23 +158,63 @@ fn parse_overlap(text: &str) -> Result<Duration, CliError> {
     })
 }
 
-fn print_list(infos: &[KeyInfo], json: bool) -> Result<(), CliError> {
+/// Workloads that account for a key: in the config file serve would read,
+/// or run by the running serve. Keys of any other workload are orphans
+/// (left by a workload that was removed from the config without `rm`).
+fn known_workloads() -> Vec<String> {
+    let mut known = Vec::new();
+    let path = std::env::var_os("THV_ACTOR_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(thv_server::config::default_path);
+    if let Some(config) = path.and_then(|p| thv_server::config::Config::load(&p).ok()) {
+        known.extend(config.workloads.into_iter().map(|w| w.name.to_string()));
+    }
+    if let Ok(dir) = thv_actors::state_dir() {
+        if let Ok(Some(state)) = thv_server::state::running_state(&dir) {
+            known.extend(state.workloads.into_iter().map(|w| w.name));
+        }
+    }
+    known
+}
+
+fn print_list(infos: &[KeyInfo], known: &[String], json: bool) -> Result<(), CliError> {
+    let orphan = |info: &KeyInfo| !known.iter().any(|k| k == info.workload.as_str());
     let mut out = String::new();
     if json {
-        let rows: Vec<serde_json::Value> = infos.iter().map(json_row).collect();
+        let rows: Vec<serde_json::Value> = infos
+            .iter()
+            .map(|info| {
+                let mut row = json_row(info);
+                row["orphan"] = orphan(info).into();
+                row
+            })
+            .collect();
         out.push_str(&serde_json::to_string_pretty(&rows).expect("plain data serialises"));
         out.push('\n');
     } else {
+        let width = infos
+            .iter()
+            .map(|i| i.workload.as_str().len() + 2)
+            .max()
+            .unwrap_or(0)
+            .max(10);
         out.push_str(&format!(
-            "{:<24} {:<21} {:<21} PREVIOUS KEYS VALID UNTIL\n",
+            "{:<width$} {:<21} {:<21} PREVIOUS KEYS VALID UNTIL\n",
             "WORKLOAD", "CREATED", "ROTATED"
         ));
+        let mut orphans = 0;
         for info in infos {
             let previous: Vec<String> =
                 info.previous_expiries.iter().map(|t| rfc3339(*t)).collect();
+            let mark = if orphan(info) {
+                orphans += 1;
+                "*"
+            } else {
+                ""
+            };
             out.push_str(&format!(
-                "{:<24} {:<21} {:<21} {}\n",
-                info.workload,
+                "{:<width$} {:<21} {:<21} {}\n",
+                format!("{}{mark}", info.workload),
                 rfc3339(info.created_at),
                 info.rotated_at.map_or_else(|| "-".to_owned(), rfc3339),
                 if previous.is_empty() {
@@ -182,6 +223,11 @@ fn print_list(infos: &[KeyInfo], json: bool) -> Result<(), CliError> {
                     previous.join(", ")
                 },
             ));
+        }
+        if orphans > 0 {
+            out.push_str(
+                "* in no config and not running: `thv-actor rm <workload>` deletes its keys\n",
+            );
         }
     }
     std::io::stdout()

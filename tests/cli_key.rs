@@ -221,3 +221,40 @@ fn every_command_has_help() {
         assert!(stdout(&out).contains("Usage"), "{args:?}");
     }
 }
+
+#[test]
+fn key_list_marks_keys_of_workloads_in_no_config_and_not_running() {
+    let env = Env::new("keyutils");
+    let listed = common::unique("listed");
+    let orphan = common::unique("orphan");
+    ok(&env.run(&["key", "create", &listed]));
+    ok(&env.run(&["key", "create", &orphan]));
+    let config_dir = env.state_dir().join("xdg");
+    std::fs::create_dir_all(config_dir.join("thv-actor")).unwrap();
+    std::fs::write(
+        config_dir.join("thv-actor/config.toml"),
+        format!("[[workloads]]\nname = \"{listed}\"\ncommand = [\"true\"]\n"),
+    )
+    .unwrap();
+
+    let out = env
+        .cmd(&["key", "list", "--json"])
+        .env("XDG_CONFIG_HOME", &config_dir)
+        .output()
+        .unwrap();
+    ok(&out);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |w: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["workload"] == w)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row(&listed)["orphan"], false);
+    assert_eq!(row(&orphan)["orphan"], true);
+
+    ok(&env.run(&["key", "delete", &listed]));
+    ok(&env.run(&["key", "delete", &orphan]));
+}
