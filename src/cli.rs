@@ -41,6 +41,7 @@ pub enum Command {
     /// Run every workload behind an authenticating proxy on loopback.
     ///
     /// Workloads come from the config file (--config, THV_ACTOR_CONFIG, or
+    /// $XDG_CONFIG_HOME/thv-actor/config.toml, by default
     /// ~/.config/thv-actor/config.toml), or one from the command line
     /// (--name with --url, or with a command after --). With neither, serve
     /// hosts the built-in `demo` workload.

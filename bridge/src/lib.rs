@@ -927,10 +927,10 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../.testenv/node");
         let entry =
             format!("{dir}/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-        if !std::path::Path::new(&entry).exists() {
-            eprintln!("server-everything not installed; skipped");
-            return;
-        }
+        assert!(
+            std::path::Path::new(&entry).exists(),
+            "server-everything is not installed under .testenv; run ./scripts/test, which installs it"
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -179,12 +179,15 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
     outcome
 }
 
+/// The workloads being served, by name.
+type RunningSet = BTreeMap<WorkloadName, Running>;
+
 async fn serve_until_signal(
     shared: &Arc<Shared>,
-    running: &mut BTreeMap<WorkloadName, Running>,
+    running: &mut RunningSet,
     ports: &mut Ports,
     commands_rx: &mut mpsc::Receiver<ControlCommand>,
-    publish: &dyn Fn(&BTreeMap<WorkloadName, Running>) -> Result<(), Error>,
+    publish: &dyn Fn(&RunningSet) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -326,6 +329,17 @@ async fn start_workload(
         message,
     };
 
+    // The listener, bound first so that a taken port is a start-up error
+    // that leaves no key behind.
+    let listener = bind(shared, &workload, ports)?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| fail(e.to_string()))?
+        .port();
+    if workload.port.is_none() {
+        ports.set(name.as_str(), port);
+    }
+
     // Keys: made when the workload is first deployed.
     let mut inject_key = None;
     if workload.shared_key_auth {
@@ -353,16 +367,6 @@ async fn start_workload(
         );
     }
 
-    // The listener, bound here so that a taken port is a start-up error.
-    let listener = bind(shared, &workload, ports)?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| fail(e.to_string()))?
-        .port();
-    if workload.port.is_none() {
-        ports.set(name.as_str(), port);
-    }
-
     // The upstream.
     let (route, stdio_host, upstream) = match &workload.upstream {
         Upstream::Command { argv, env } => {
@@ -372,7 +376,7 @@ async fn start_workload(
                 env: env.clone(),
                 inject_key,
             })
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(with_causes(&e)))?;
             ("/mcp", Some(host.clone()), Target::Stdio(host))
         }
         Upstream::Url {
@@ -591,4 +595,20 @@ where
         .send(msg)
         .await
         .map_err(|e| thv_actors::Error::from_mailbox("keystore", e))?
+}
+
+/// `err` and its sources on one line: "cannot start x: No such file or
+/// directory (os error 2)".
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
