@@ -63,6 +63,11 @@ pub enum Command {
     /// Print (or --write) an MCP client's configuration for a workload.
     ClientConfig(ClientConfigArgs),
 
+    /// Run `thv-actor serve` at login as a user service (systemd on Linux,
+    /// launchd on macOS).
+    #[command(subcommand)]
+    Service(crate::service::ServiceCommand),
+
     /// Run the built-in demo MCP server on stdin/stdout (serve spawns it for
     /// the default `demo` workload).
     DemoServer,

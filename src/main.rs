@@ -5,9 +5,11 @@
 
 mod bridge_cmd;
 mod cli;
+mod client_config;
 mod key_cmd;
 mod logging;
 mod serve_cmd;
+mod service;
 mod workloads_cmd;
 
 use std::process::ExitCode;
@@ -46,7 +48,8 @@ fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bridge(_) => unreachable!("handled above"),
         Command::List(args) => workloads_cmd::list(args),
         Command::Rm(arg) => workloads_cmd::rm(cli.keystore, arg),
-        Command::ClientConfig(_) => Err(CliError::new("client-config: not wired yet")),
+        Command::ClientConfig(args) => client_config::run(args),
+        Command::Service(cmd) => service::run(cmd),
         Command::DemoServer => thv_server::demo::run()
             .map(|()| ExitCode::SUCCESS)
             .map_err(|e| CliError::new(format!("demo server: {e}"))),

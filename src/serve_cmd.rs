@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use thv_server::config::{self, Config, Transport, Upstream, Workload, DEFAULT_ROTATION_OVERLAP};
+use thv_server::config::{
+    self, Config, Listen, Transport, Upstream, Workload, DEFAULT_ROTATION_OVERLAP,
+};
 use thv_server::serve::{self, ServeOptions};
 
 use crate::cli::{ServeArgs, UpstreamTransportArg};
@@ -104,6 +106,9 @@ fn single(name: thv_actors::WorkloadName, upstream: Upstream, port: Option<u16>)
         key_rotation_days: 0,
         rotation_overlap: DEFAULT_ROTATION_OVERLAP,
         allowed_origins: Vec::new(),
+        listen: Listen::Tcp,
+        peer_check: true,
+        allowed_uids: Vec::new(),
     }
 }
 

@@ -173,6 +173,15 @@ pub struct DeleteKeys {
 #[rtype(result = "Result<Vec<KeyInfo>, Error>")]
 pub struct ListKeys;
 
+/// The times of one workload's keys (`None` when it has none); one keychain
+/// read, where [`ListKeys`] reads every workload's.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Option<KeyInfo>, Error>")]
+pub struct GetKeyInfo {
+    /// The workload.
+    pub workload: WorkloadName,
+}
+
 /// Delete previous keys of `workload` whose overlap has ended. Answers
 /// whether any were.
 #[derive(Debug, Message)]
@@ -252,6 +261,14 @@ impl Handler<ListKeys> for KeyStore {
 
     fn handle(&mut self, _msg: ListKeys, ctx: &mut Self::Context) -> Self::Result {
         self.guarded(ctx, "list", Records::list)
+    }
+}
+
+impl Handler<GetKeyInfo> for KeyStore {
+    type Result = Result<Option<KeyInfo>, Error>;
+
+    fn handle(&mut self, msg: GetKeyInfo, ctx: &mut Self::Context) -> Self::Result {
+        self.guarded(ctx, "info", |r| r.info(&msg.workload))
     }
 }
 

@@ -22,8 +22,8 @@ pub use key::{SharedKey, ENCODED_LEN, KEY_LEN};
 #[cfg(feature = "fault-injection")]
 pub use keystore::InjectBackendPanic;
 pub use keystore::{
-    CreateKey, DeleteKeys, GetKeys, KeyStore, ListKeys, PruneKeys, RefreshBackend, RotateKey,
-    WhichBackend,
+    CreateKey, DeleteKeys, GetKeyInfo, GetKeys, KeyStore, ListKeys, PruneKeys, RefreshBackend,
+    RotateKey, WhichBackend,
 };
 pub use name::{WorkloadName, MAX_NAME_LEN};
 pub use paths::{create_private_dir, home_dir, keystore_lock_dir, state_dir, STATE_DIR_ENV};

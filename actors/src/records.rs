@@ -243,6 +243,14 @@ impl Records {
         Ok(existed)
     }
 
+    /// The times of one workload's keys, `None` when it has none.
+    pub fn info(&self, workload: &WorkloadName) -> Result<Option<KeyInfo>, Error> {
+        let Some(meta) = self.read_meta(workload)? else {
+            return Ok(None);
+        };
+        Ok(Some(info_from(workload.clone(), meta)))
+    }
+
     /// Every workload with a key, with its times, sorted by name.
     pub fn list(&self) -> Result<Vec<KeyInfo>, Error> {
         let mut infos = Vec::new();
@@ -252,18 +260,7 @@ impl Records {
             let Some(meta) = self.read_meta(&workload)? else {
                 continue;
             };
-            let now = unix(SystemTime::now());
-            infos.push(KeyInfo {
-                workload,
-                created_at: from_unix(meta.created_at),
-                rotated_at: meta.rotated_at.map(from_unix),
-                previous_expiries: meta
-                    .previous_expiries
-                    .into_iter()
-                    .filter(|t| *t > now)
-                    .map(from_unix)
-                    .collect(),
-            });
+            infos.push(info_from(workload, meta));
         }
         Ok(infos)
     }
@@ -393,6 +390,17 @@ impl Records {
 
     fn lock(&self) -> Result<FileLock, Error> {
         FileLock::exclusive(&self.lock_path)
+    }
+}
+
+fn info_from(workload: WorkloadName, meta: Meta) -> KeyInfo {
+    KeyInfo {
+        workload,
+        created_at: from_unix(meta.created_at),
+        rotated_at: meta.rotated_at.map(from_unix),
+        // Every expiry, passed or not: an expired one that is still listed
+        // tells the caller that pruning is due.
+        previous_expiries: meta.previous_expiries.into_iter().map(from_unix).collect(),
     }
 }
 

@@ -296,7 +296,7 @@ fn refuse<B>(
         reason = refusal.as_str(),
         peer = ?peer,
         method = %req.method(),
-        path = req.path(),
+        path = %crate::redact::loggable_path(req.path()),
         outcome = "refused",
         "shared key refused"
     );

@@ -83,6 +83,21 @@ pub struct Workload {
     pub rotation_overlap: Duration,
     /// Origins allowed beyond the listener's own.
     pub allowed_origins: Vec<String>,
+    /// Where to listen: loopback TCP (`port`) or a Unix socket.
+    pub listen: Listen,
+    /// Whether the kernel is asked who each connecting peer is.
+    pub peer_check: bool,
+    /// The uids admitted by the peer check; empty means serve's own uid.
+    pub allowed_uids: Vec<u32>,
+}
+
+/// Where a workload's listener is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// Loopback TCP, on `port` or a remembered or free one.
+    Tcp,
+    /// A Unix socket at this path, mode 0600.
+    Unix(PathBuf),
 }
 
 /// The whole file, checked.
@@ -133,6 +148,11 @@ struct RawWorkload {
     rotation_overlap: Option<String>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    listen: Option<String>,
+    #[serde(default = "yes")]
+    peer_check: bool,
+    #[serde(default)]
+    allowed_uids: Vec<u32>,
 }
 
 fn yes() -> bool {
@@ -260,9 +280,35 @@ fn check(raw: RawWorkload) -> Result<Workload, String> {
         }
     }
 
+    let listen = match raw.listen.as_deref() {
+        None => Listen::Tcp,
+        Some(text) => {
+            let path = text
+                .strip_prefix("unix:")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute());
+            let Some(path) = path else {
+                return Err(format!(
+                    "field `listen`: \"{}\" is not unix:/absolute/path (TCP listeners use `port`)",
+                    text.escape_debug()
+                ));
+            };
+            if raw.port.is_some() {
+                return Err("field `listen`: a Unix socket has no `port`".into());
+            }
+            Listen::Unix(path)
+        }
+    };
+    if !raw.peer_check && !raw.allowed_uids.is_empty() {
+        return Err("field `allowed_uids`: has no effect with peer_check = false".into());
+    }
+
     Ok(Workload {
         name,
         upstream,
+        listen,
+        peer_check: raw.peer_check,
+        allowed_uids: raw.allowed_uids,
         port: raw.port,
         shared_key_auth: raw.shared_key_auth,
         inject_key_env: raw.inject_key_env,
@@ -352,10 +398,14 @@ mod tests {
             ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nrotation_overlap = \"soon\"\n", "workload \"a\"", "rotation_overlap"),
             ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nallowed_origins = [\"null\"]\n", "workload \"a\"", "allowed_origins"),
             ("workload = 1\n", "/etc/x.toml", "workload"),
+            ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nlisten = \"tcp:1\"\n", "workload \"a\"", "field `listen`"),
+            ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nlisten = \"unix:/r/s\"\nport = 3\n", "workload \"a\"", "no `port`"),
+            ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\npeer_check = false\nallowed_uids = [1]\n", "workload \"a\"", "allowed_uids"),
         ];
         for (text, who, what) in cases {
             let err = parse(text).unwrap_err();
             assert!(err.starts_with("/etc/x.toml"), "{err}");
+            assert!(!err.is_empty());
             assert!(err.contains(who) && err.contains(what), "{text:?} -> {err}");
             assert!(!err.contains('\n'), "{err}");
         }

@@ -124,7 +124,7 @@ where
                 reason,
                 peer = ?req.peer_addr(),
                 method = %req.method(),
-                path = req.path(),
+                path = %crate::redact::loggable_path(req.path()),
                 outcome = "refused",
                 "request refused by the host/origin guard"
             );
@@ -157,6 +157,13 @@ impl<S> LoopbackGuardMiddleware<S> {
             Some(host) if is_loopback_host(host) || self.is_extra_host(host) => {}
             Some(_) => return Some("the Host header is not a loopback name or address"),
             None => return Some("no Host header"),
+        }
+        // In absolute form (`POST http://host/mcp`) the target names the
+        // host and the Host header is to be ignored; both must be loopback.
+        if let Some(authority) = req.uri().authority() {
+            if !(is_loopback_host(authority.as_str()) || self.is_extra_host(authority.as_str())) {
+                return Some("the request target is not a loopback name or address");
+            }
         }
 
         let mut origins = headers.get_all(ORIGIN);

@@ -12,17 +12,18 @@ use actix_web::dev::ServerHandle;
 use actix_web::middleware::Condition;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use thv_actors::{
-    Backend, BackendChoice, BackendKind, CreateKey, DeleteKeys, GetKeys, KeyStore, ListKeys,
+    Backend, BackendChoice, BackendKind, CreateKey, DeleteKeys, GetKeyInfo, GetKeys, KeyStore,
     PruneKeys, RefreshBackend, RotateKey, Validator, ValidatorConfig, Validators, WorkloadName,
 };
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
 use crate::auth::{AuthStats, SharedKeyAuth};
-use crate::config::{Config, Transport, Upstream, Workload};
+use crate::config::{Config, Listen, Transport, Upstream, Workload};
 use crate::control::{self, ControlCommand};
 use crate::error::Error;
 use crate::guard::LoopbackGuard;
+use crate::peer::{self, PeerGuard, PeerPolicy};
 use crate::proxy::{self, HttpUpstream, UpstreamSpec, UpstreamTransport};
 use crate::state::{Ports, ServeLock, ServeState, WorkloadState, STATE_VERSION};
 use crate::stdio::{self, StdioHost, StdioSpec};
@@ -84,6 +85,8 @@ impl ServeOptions {
 /// A workload that is being served.
 struct Running {
     workload: Workload,
+    /// A Unix socket listener's file, removed when the workload stops.
+    socket_path: Option<PathBuf>,
     server: ServerHandle,
     stdio: Option<StdioHost>,
     state: WorkloadState,
@@ -153,6 +156,12 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
             workloads: ordered_states(&shared.options.config, running),
         })
     };
+    // Signal handlers go in before the lines that say serve is ready, so a
+    // supervisor that stops serve as soon as it is ready gets a clean stop.
+    let signals = Signals {
+        terminate: signal(tokio::signal::unix::SignalKind::terminate())?,
+        interrupt: signal(tokio::signal::unix::SignalKind::interrupt())?,
+    };
     publish(&running)?;
     for state in ordered_states(&shared.options.config, &running) {
         println!(
@@ -164,6 +173,7 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
     let _ = std::io::stdout().flush();
 
     let outcome = serve_until_signal(
+        signals,
         &shared,
         &mut running,
         &mut ports,
@@ -182,28 +192,51 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
 /// The workloads being served, by name.
 type RunningSet = BTreeMap<WorkloadName, Running>;
 
+/// The signals that stop serve.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
 async fn serve_until_signal(
+    mut signals: Signals,
     shared: &Arc<Shared>,
     running: &mut RunningSet,
     ports: &mut Ports,
     commands_rx: &mut mpsc::Receiver<ControlCommand>,
     publish: &dyn Fn(&RunningSet) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let mut terminate = signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut interrupt = signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut maintenance = tokio::time::interval(shared.options.maintenance_interval);
+    // Keychain work runs beside the loop, never in it: a slow or hung
+    // keychain must not hold up a signal or a control command.
+    let every = shared.options.maintenance_interval;
+    let mut maintenance = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut refresh = tokio::time::interval(KEYRING_REFRESH);
+    let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     loop {
         tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
+            _ = signals.terminate.recv() => return Ok(()),
+            _ = signals.interrupt.recv() => return Ok(()),
             _ = refresh.tick() => {
-                if let Err(err) = ask(&shared.keystore, RefreshBackend).await {
-                    tracing::warn!(error = %err, "cannot refresh the keyring");
+                let keystore = shared.keystore.clone();
+                actix_web::rt::spawn(async move {
+                    if let Err(err) = ask(&keystore, RefreshBackend).await {
+                        tracing::warn!(error = %err, "cannot refresh the keyring");
+                    }
+                });
+            }
+            _ = maintenance.tick() => {
+                use std::sync::atomic::Ordering;
+                // One pass at a time; a tick that finds one running is skipped.
+                if !busy.swap(true, Ordering::AcqRel) {
+                    let (shared, busy) = (shared.clone(), busy.clone());
+                    actix_web::rt::spawn(async move {
+                        maintain(&shared).await;
+                        busy.store(false, Ordering::Release);
+                    });
                 }
             }
-            _ = maintenance.tick() => maintain(shared).await,
             Some(command) = commands_rx.recv() => match command {
                 ControlCommand::Invalidate { workload } => {
                     tracing::debug!(workload = %workload, "keys changed elsewhere; dropping cached keys");
@@ -239,35 +272,36 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
     })
 }
 
-/// Rotates keys that are due and drops previous keys whose overlap ended.
+/// Rotates keys that are due and drops previous keys whose overlap ended,
+/// for this serve's workloads only.
 async fn maintain(shared: &Arc<Shared>) {
-    let infos = match ask(&shared.keystore, ListKeys).await {
-        Ok(infos) => infos,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot read key times for rotation");
-            return;
-        }
-    };
     let now = SystemTime::now();
     for workload in &shared.options.config.workloads {
-        let Some(info) = infos.iter().find(|i| i.workload == workload.name) else {
+        if !workload.shared_key_auth {
             continue;
+        }
+        let asked = GetKeyInfo {
+            workload: workload.name.clone(),
+        };
+        let info = match ask(&shared.keystore, asked).await {
+            Ok(Some(info)) => info,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::warn!(workload = %workload.name, error = %err, "cannot read key times");
+                continue;
+            }
         };
 
         if info.previous_expiries.first().is_some_and(|t| *t <= now) {
-            if let Ok(true) = ask(
-                &shared.keystore,
-                PruneKeys {
-                    workload: workload.name.clone(),
-                },
-            )
-            .await
-            {
+            let prune = PruneKeys {
+                workload: workload.name.clone(),
+            };
+            if let Ok(true) = ask(&shared.keystore, prune).await {
                 shared.validators.invalidate(Some(&workload.name));
             }
         }
 
-        if workload.key_rotation_days == 0 || !workload.shared_key_auth {
+        if workload.key_rotation_days == 0 {
             continue;
         }
         let last = info.rotated_at.unwrap_or(info.created_at);
@@ -284,7 +318,11 @@ async fn maintain(shared: &Arc<Shared>) {
         };
         match ask(&shared.keystore, rotate).await {
             Ok(_) => {
-                tracing::info!(workload = %workload.name, days = workload.key_rotation_days, "scheduled key rotation");
+                tracing::info!(
+                    workload = %workload.name,
+                    days = workload.key_rotation_days,
+                    "scheduled key rotation"
+                );
                 shared.validators.invalidate(Some(&workload.name));
             }
             Err(err) => {
@@ -332,12 +370,29 @@ async fn start_workload(
     // The listener, bound first so that a taken port is a start-up error
     // that leaves no key behind.
     let listener = bind(shared, &workload, ports)?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| fail(e.to_string()))?
-        .port();
-    if workload.port.is_none() {
-        ports.set(name.as_str(), port);
+    let port = match &listener {
+        Bound::Tcp(tcp) => {
+            let port = tcp.local_addr().map_err(|e| fail(e.to_string()))?.port();
+            if workload.port.is_none() {
+                ports.set(name.as_str(), port);
+            }
+            port
+        }
+        Bound::Unix(..) => 0,
+    };
+    let base = match &listener {
+        Bound::Tcp(_) => format!("http://127.0.0.1:{port}"),
+        Bound::Unix(_, path) => format!("unix:{}", path.display()),
+    };
+    let socket_path = match &listener {
+        Bound::Unix(_, path) => Some(path.clone()),
+        Bound::Tcp(_) => None,
+    };
+    if !workload.peer_check {
+        tracing::warn!(
+            workload = %name,
+            "PEER CHECK IS OFF for this workload: processes of other users are not refused"
+        );
     }
 
     // Keys: made when the workload is first deployed.
@@ -412,7 +467,10 @@ async fn start_workload(
         listen(shared, &workload, port, upstream, listener).map_err(|e| fail(e.to_string()))?;
     let state = WorkloadState {
         name: name.to_string(),
-        url: format!("http://127.0.0.1:{port}{route}"),
+        url: match &socket_path {
+            Some(_) => base,
+            None => format!("{base}{route}"),
+        },
         transport: if route == "/sse" {
             "sse"
         } else {
@@ -432,6 +490,7 @@ async fn start_workload(
         server,
         stdio: stdio_host,
         state,
+        socket_path,
     })
 }
 
@@ -441,7 +500,63 @@ enum Target {
     Http(HttpUpstream),
 }
 
-fn bind(shared: &Arc<Shared>, workload: &Workload, ports: &Ports) -> Result<TcpListener, Error> {
+/// A bound listener, not yet serving.
+enum Bound {
+    Tcp(TcpListener),
+    Unix(std::os::unix::net::UnixListener, PathBuf),
+}
+
+fn bind(shared: &Arc<Shared>, workload: &Workload, ports: &Ports) -> Result<Bound, Error> {
+    if let Listen::Unix(path) = &workload.listen {
+        return bind_unix(shared, workload, path).map(|l| Bound::Unix(l, path.clone()));
+    }
+    bind_tcp(shared, workload, ports).map(Bound::Tcp)
+}
+
+/// Binds a Unix socket, mode 0600, in a directory only this user can enter.
+fn bind_unix(
+    shared: &Arc<Shared>,
+    workload: &Workload,
+    path: &std::path::Path,
+) -> Result<std::os::unix::net::UnixListener, Error> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    let fail = |message: String| Error::Bind {
+        origin: shared.options.origin.clone(),
+        workload: workload.name.to_string(),
+        addr: format!("unix:{}", path.display()),
+        source: std::io::Error::other(message),
+    };
+    let dir = path
+        .parent()
+        .ok_or_else(|| fail("no parent directory".into()))?;
+    thv_actors::create_private_dir(dir).map_err(|e| fail(e.to_string()))?;
+    let meta = std::fs::metadata(dir).map_err(|e| fail(e.to_string()))?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(fail(format!(
+            "field `listen`: directory {} must belong to uid {uid} and be closed to others \
+             (chmod 700)",
+            dir.display()
+        )));
+    }
+
+    // A socket file left by a serve that died is stale: nothing listens.
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(listener)
+}
+
+fn bind_tcp(
+    shared: &Arc<Shared>,
+    workload: &Workload,
+    ports: &Ports,
+) -> Result<TcpListener, Error> {
     let bind_err = |origin: &str, port: u16, source| Error::Bind {
         origin: origin.to_owned(),
         workload: workload.name.to_string(),
@@ -473,9 +588,17 @@ fn listen(
     workload: &Workload,
     port: u16,
     target: Target,
-    listener: TcpListener,
+    listener: Bound,
 ) -> std::io::Result<ServerHandle> {
     let name = workload.name.clone();
+    let peer_on = workload.peer_check;
+    let mut policy = PeerPolicy {
+        enabled: workload.peer_check,
+        ..PeerPolicy::default()
+    };
+    if !workload.allowed_uids.is_empty() {
+        policy.allowed_uids = workload.allowed_uids.clone();
+    }
     let auth_on = workload.shared_key_auth;
     let origins = workload.allowed_origins.clone();
     let keystore = shared.keystore.clone();
@@ -507,8 +630,14 @@ fn listen(
         let auth = SharedKeyAuth::with_stats(name.clone(), validator, stats.clone());
         let target = target.clone();
 
+        // The last wrap runs first: who the peer is, then Host and Origin,
+        // then (in the scope) the key.
         App::new()
             .wrap(LoopbackGuard::new(port, &origins))
+            .wrap(Condition::new(
+                peer_on,
+                PeerGuard::new(policy.clone(), name.clone()),
+            ))
             .route("/health", web::get().to(health))
             .service(
                 web::scope("")
@@ -522,7 +651,13 @@ fn listen(
     .workers(shared.options.workers)
     .disable_signals()
     .shutdown_timeout(2)
-    .listen(listener)?
+    .on_connect(peer::on_connect);
+    // listen_uds, not bind_uds: only listeners added this way run the
+    // connection hook that records the peer's identity.
+    let server = match listener {
+        Bound::Tcp(tcp) => server.listen(tcp)?,
+        Bound::Unix(unix, _) => server.listen_uds(unix)?,
+    }
     .run();
 
     let handle = server.handle();
@@ -577,6 +712,9 @@ async fn stop(r: Running) {
     r.server.stop(true).await;
     if let Some(host) = r.stdio {
         host.shutdown().await;
+    }
+    if let Some(path) = r.socket_path {
+        let _ = std::fs::remove_file(path);
     }
 }
 
