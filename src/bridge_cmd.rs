@@ -79,8 +79,14 @@ pub fn run(keystore: Option<String>, plan: Plan) -> Result<std::process::ExitCod
         .and_then(|s| s.workloads.iter().find(|w| w.name == name));
 
     let (url, transport) = match (&plan.args.url, entry) {
-        (Some(url), _) => {
-            let transport = if url.ends_with("/sse") {
+        (Some(url), entry) => {
+            // A `unix:` URL names only the socket: the transport is the
+            // published workload's, or streamable HTTP when serve has none.
+            // TODO: a --transport flag for an sse workload on a socket that
+            // serve does not publish (no caller needs it yet).
+            let transport = if url.ends_with("/sse")
+                || (url.starts_with("unix:") && entry.is_some_and(|w| w.transport == "sse"))
+            {
                 Transport::Sse
             } else {
                 Transport::StreamableHttp

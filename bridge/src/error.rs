@@ -16,8 +16,8 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The configured URL is not an absolute `http://` URL. The caller (the
-    /// CLI, from state it read) is at fault.
+    /// The configured URL is not an absolute `http://` or `unix:/path` URL.
+    /// The caller (the CLI, from state it read) is at fault.
     #[error("invalid workload url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
 

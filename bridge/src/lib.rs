@@ -28,12 +28,14 @@
 //!
 //! - JSON-RPC batches (arrays) on stdin are rejected with -32600; the MCP
 //!   revisions since 2025-06-18 have none.
-//! - `http://` URLs only (the workload is on loopback).
+//! - `http://` URLs (the workload is on loopback) and `unix:/abs/path`
+//!   sockets only; no TLS.
 
 mod actor;
 mod error;
 mod rpc;
 mod sse;
+mod unix;
 mod upstream;
 
 use std::future::Future;
@@ -67,7 +69,10 @@ pub enum Transport {
 pub struct BridgeConfig {
     /// The workload's name, for log lines and error messages.
     pub workload: String,
-    /// `http://127.0.0.1:PORT/mcp` for streamable HTTP, or the `/sse` URL.
+    /// `http://127.0.0.1:PORT/mcp` for streamable HTTP, or the `/sse` URL;
+    /// or `unix:/abs/path.sock` for a workload on a Unix socket, where the
+    /// endpoint is `/mcp` (or `/sse` for [`Transport::Sse`]) and requests
+    /// carry `Host: localhost`.
     pub url: String,
     pub transport: Transport,
     /// How long to keep retrying a workload that refuses connections (serve
@@ -339,9 +344,12 @@ fn check_url(url: &str) -> Result<(), Error> {
         url: url.to_string(),
         reason,
     };
+    if url.starts_with(unix::SCHEME) {
+        return unix::check(url).map_err(invalid);
+    }
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| invalid("only http:// urls are supported"))?;
+        .ok_or_else(|| invalid("only http:// and unix:/path urls are supported"))?;
     if rest.is_empty() || rest.starts_with('/') {
         return Err(invalid("the url has no host"));
     }
@@ -474,16 +482,38 @@ mod tests {
     where
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
+        serve_at(factory, None)
+    }
+
+    /// Starts an actix-web server on a free loopback port (returning
+    /// `http://127.0.0.1:PORT`) or, given a path, on a Unix socket there
+    /// (returning `unix:PATH`).
+    fn serve_at<F>(
+        factory: F,
+        socket: Option<&std::path::Path>,
+    ) -> (String, actix_web::dev::ServerHandle)
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
         let server = HttpServer::new(move || App::new().configure(factory.clone()))
             .workers(1)
-            .disable_signals()
-            .bind(("127.0.0.1", 0))
-            .unwrap();
-        let port = server.addrs()[0].port();
+            .disable_signals();
+        let (base, server) = match socket {
+            Some(path) => {
+                let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+                let server = server.listen_uds(listener).unwrap();
+                (format!("unix:{}", path.display()), server)
+            }
+            None => {
+                let server = server.bind(("127.0.0.1", 0)).unwrap();
+                let port = server.addrs()[0].port();
+                (format!("http://127.0.0.1:{port}"), server)
+            }
+        };
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        (format!("http://127.0.0.1:{port}"), handle)
+        (base, handle)
     }
 
     fn sse_body(chunks: Vec<String>) -> HttpResponse {
@@ -871,51 +901,92 @@ mod tests {
 
     #[actix_rt::test]
     async fn relays_a_legacy_sse_server() {
+        legacy_sse_session(None).await;
+    }
+
+    #[actix_rt::test]
+    async fn relays_a_legacy_sse_server_over_a_unix_socket() {
+        let dir = socket_dir("sse");
+        legacy_sse_session(Some(&dir.join("s.sock"))).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A legacy HTTP+SSE server on TCP or at `socket`: the bridge finds the
+    /// endpoint on `/sse`, POSTs there and relays the answers.
+    async fn legacy_sse_session(socket: Option<&std::path::Path>) {
         type Stream = Arc<Mutex<Option<mpsc::UnboundedSender<Value>>>>;
         let key = SharedKey::generate();
         let text = key.expose_encoded().to_string();
         let stream: Stream = Arc::default();
 
-        let (base, server) = serve(move |cfg| {
-            cfg.app_data(web::Data::new((stream.clone(), text.clone())))
-                .route("/sse", web::get().to(|req: HttpRequest, data: web::Data<(Stream, String)>| async move {
-                    if !authorized(&req, &data.1) {
-                        return HttpResponse::Unauthorized().finish();
-                    }
-                    let (tx, rx) = mpsc::unbounded_channel::<Value>();
-                    *data.0.lock().unwrap() = Some(tx);
-                    let first = futures_util::stream::once(async move {
-                        Ok::<_, std::io::Error>(bytes::Bytes::from("event: endpoint\ndata: /messages?session=abc\n\n"))
-                    });
-                    let rest = futures_util::stream::unfold(rx, |mut rx| async move {
-                        let message = rx.recv().await?;
-                        Some((Ok(bytes::Bytes::from(format!("event: message\ndata: {message}\n\n"))), rx))
-                    });
-                    HttpResponse::Ok().content_type("text/event-stream").streaming(futures_util::StreamExt::chain(first, rest))
-                }))
-                .route("/messages", web::post().to(|req: HttpRequest, body: web::Bytes, data: web::Data<(Stream, String)>| async move {
-                    if !authorized(&req, &data.1) || req.query_string() != "session=abc" {
-                        return HttpResponse::Unauthorized().finish();
-                    }
-                    let message: Value = serde_json::from_slice(&body).unwrap();
-                    if message.get("id").is_some() && message.get("method").is_some() {
-                        let answer = if message["method"] == "initialize" { init_result(&message) } else {
-                            result_for(&message, json!({"echo": message["method"]}))
-                        };
-                        let tx = data.0.lock().unwrap().clone().unwrap();
-                        let _ = tx.send(answer);
-                    }
-                    HttpResponse::Accepted().body("Accepted")
-                }));
-        });
+        let (base, server) = serve_at(
+            move |cfg| {
+                cfg.app_data(web::Data::new((stream.clone(), text.clone())))
+                    .route(
+                        "/sse",
+                        web::get().to(
+                            |req: HttpRequest, data: web::Data<(Stream, String)>| async move {
+                                if !authorized(&req, &data.1) {
+                                    return HttpResponse::Unauthorized().finish();
+                                }
+                                let (tx, rx) = mpsc::unbounded_channel::<Value>();
+                                *data.0.lock().unwrap() = Some(tx);
+                                let first = futures_util::stream::once(async move {
+                                    Ok::<_, std::io::Error>(bytes::Bytes::from(
+                                        "event: endpoint\ndata: /messages?session=abc\n\n",
+                                    ))
+                                });
+                                let rest = futures_util::stream::unfold(rx, |mut rx| async move {
+                                    let message = rx.recv().await?;
+                                    Some((
+                                        Ok(bytes::Bytes::from(format!(
+                                            "event: message\ndata: {message}\n\n"
+                                        ))),
+                                        rx,
+                                    ))
+                                });
+                                HttpResponse::Ok()
+                                    .content_type("text/event-stream")
+                                    .streaming(futures_util::StreamExt::chain(first, rest))
+                            },
+                        ),
+                    )
+                    .route(
+                        "/messages",
+                        web::post().to(
+                            |req: HttpRequest,
+                             body: web::Bytes,
+                             data: web::Data<(Stream, String)>| async move {
+                                if !authorized(&req, &data.1) || req.query_string() != "session=abc"
+                                {
+                                    return HttpResponse::Unauthorized().finish();
+                                }
+                                let message: Value = serde_json::from_slice(&body).unwrap();
+                                if message.get("id").is_some() && message.get("method").is_some() {
+                                    let answer = if message["method"] == "initialize" {
+                                        init_result(&message)
+                                    } else {
+                                        result_for(&message, json!({"echo": message["method"]}))
+                                    };
+                                    let tx = data.0.lock().unwrap().clone().unwrap();
+                                    let _ = tx.send(answer);
+                                }
+                                HttpResponse::Accepted().body("Accepted")
+                            },
+                        ),
+                    );
+            },
+            socket,
+        );
 
+        // A unix: url names the socket only; the endpoint is /sse.
+        let url = match socket {
+            Some(_) => base,
+            None => format!("{base}/sse"),
+        };
         let input = lines(&[initialize(1), initialized(), request(2, "tools/list")]);
-        let output = session_output(
-            config(format!("{base}/sse"), Transport::Sse),
-            Keys::boxed(&[&key]),
-            &input,
-        )
-        .await;
+        let output =
+            session_output(config(url, Transport::Sse), Keys::boxed(&[&key]), &input).await;
 
         assert_eq!(by_id(&output, &json!(1)).len(), 1);
         assert_eq!(by_id(&output, &json!(2))[0]["result"]["echo"], "tools/list");
@@ -974,5 +1045,147 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(echo.contains("hi there"), "{echo}");
+    }
+
+    /// A socket path of our own in a fresh 0700 directory, short enough for
+    /// `sun_path`.
+    fn socket_dir(tag: &str) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("thvb-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        dir
+    }
+
+    #[actix_rt::test]
+    async fn relays_initialize_and_a_tool_call_over_a_unix_socket() {
+        let key = SharedKey::generate();
+        let text = key.expose_encoded().to_string();
+        let dir = socket_dir("uds");
+        let path = dir.join("w.sock");
+        let hosts = Arc::new(Mutex::new(Vec::<String>::new()));
+
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = HttpServer::new({
+            let hosts = hosts.clone();
+            move || {
+                let hosts = hosts.clone();
+                let text = text.clone();
+                App::new().route(
+                    "/mcp",
+                    web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                        let hosts = hosts.clone();
+                        let text = text.clone();
+                        async move {
+                            hosts
+                                .lock()
+                                .unwrap()
+                                .push(header(&req, "host").unwrap_or_default());
+                            if !authorized(&req, &text) {
+                                return HttpResponse::Unauthorized().finish();
+                            }
+                            let message: Value = serde_json::from_slice(&body).unwrap();
+                            if message.get("id").is_none() {
+                                return HttpResponse::Accepted().finish();
+                            }
+                            let answer = match message["method"].as_str() {
+                                Some("initialize") => init_result(&message),
+                                _ => result_for(
+                                    &message,
+                                    json!({"content":[{"type":"text",
+                                        "text": message["params"]["arguments"]["message"]}]}),
+                                ),
+                            };
+                            HttpResponse::Ok()
+                                .content_type("application/json")
+                                .body(answer.to_string())
+                        }
+                    }),
+                )
+            }
+        })
+        .workers(1)
+        .disable_signals()
+        .listen_uds(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+
+        let input = lines(&[
+            initialize(1),
+            initialized(),
+            json!({"jsonrpc":"2.0","id":2,"method":"tools/call",
+                "params":{"name":"echo","arguments":{"message":"over the socket"}}}),
+        ]);
+        let output = session_output(
+            config(
+                format!("unix:{}", path.display()),
+                Transport::StreamableHttp,
+            ),
+            Keys::boxed(&[&key]),
+            &input,
+        )
+        .await;
+        handle.stop(false).await;
+        let _ = std::fs::remove_dir_all(&dir);
+
+        assert_eq!(
+            by_id(&output, &json!(1))[0]["result"]["protocolVersion"],
+            "2025-06-18",
+            "{output:?}"
+        );
+        assert_eq!(
+            by_id(&output, &json!(2))[0]["result"]["content"][0]["text"],
+            "over the socket",
+            "{output:?}"
+        );
+        let hosts = hosts.lock().unwrap();
+        assert_eq!(hosts.len(), 3, "{hosts:?}");
+        assert!(hosts.iter().all(|h| h == "localhost"), "{hosts:?}");
+    }
+
+    #[actix_rt::test]
+    async fn a_missing_socket_is_unreachable_after_the_wait_and_names_the_socket() {
+        let dir = socket_dir("gone");
+        let url = format!("unix:{}", dir.join("none.sock").display());
+        let key = SharedKey::generate();
+
+        let started = std::time::Instant::now();
+        let output = session_output(
+            config(url.clone(), Transport::StreamableHttp),
+            Keys::boxed(&[&key]),
+            &lines(&[initialize(1)]),
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let answer = by_id(&output, &json!(1));
+        assert_eq!(
+            answer[0]["error"]["data"]["reason"], "unreachable",
+            "{output:?}"
+        );
+        let message = answer[0]["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&url), "{message}");
+        assert!(started.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[test]
+    fn unix_urls_must_name_an_absolute_socket() {
+        assert!(check_url("unix:/run/thv/a.sock").is_ok());
+        assert!(check_url("http://127.0.0.1:1/mcp").is_ok());
+        for bad in [
+            "unix:a.sock",
+            "unix:",
+            "https://127.0.0.1/mcp",
+            "http:///mcp",
+        ] {
+            let error = check_url(bad).unwrap_err().to_string();
+            assert!(error.contains("invalid workload url"), "{bad}: {error}");
+        }
     }
 }

@@ -56,6 +56,9 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Upstream {
     config: BridgeConfig,
+    /// The HTTP URL requests go to: `config.url`, or for a `unix:` socket
+    /// `http://localhost/mcp` (or `/sse`) over that socket.
+    url: String,
     client: awc::Client,
     keys: Box<dyn KeySource>,
     pending: Pending,
@@ -113,9 +116,19 @@ impl Upstream {
     pub(crate) fn new(config: BridgeConfig, keys: Box<dyn KeySource>, pending: Pending) -> Self {
         // Response heads get `response_timeout` per request; bodies (event
         // streams that live as long as the session) get none.
-        let client = awc::Client::builder().disable_timeout().finish();
+        let (client, url) = match crate::unix::socket_path(&config.url) {
+            Some(path) => (
+                crate::unix::client(path.to_owned()),
+                crate::unix::http_url(config.transport),
+            ),
+            None => (
+                awc::Client::builder().disable_timeout().finish(),
+                config.url.clone(),
+            ),
+        };
         Upstream {
             config,
+            url,
             client,
             keys,
             pending,
@@ -518,7 +531,7 @@ impl Upstream {
 
             let mut request = self
                 .client
-                .post(&self.config.url)
+                .post(&self.url)
                 .timeout(self.config.response_timeout)
                 .insert_header(("accept", ACCEPT_BOTH))
                 .insert_header(("content-type", "application/json"))
@@ -919,7 +932,7 @@ impl Upstream {
 
         let mut request = self
             .client
-            .get(&self.config.url)
+            .get(&self.url)
             .insert_header(("accept", ACCEPT_SSE))
             .insert_header((AUTH_HEADER, auth_value(&key)));
         drop(key);
@@ -1079,7 +1092,7 @@ impl Upstream {
             let (key, epoch) = self.key().await?;
             let request = self
                 .client
-                .get(&self.config.url)
+                .get(&self.url)
                 .insert_header(("accept", ACCEPT_SSE))
                 .insert_header((AUTH_HEADER, auth_value(&key)));
             drop(key);
@@ -1136,7 +1149,7 @@ impl Upstream {
             for event in events {
                 match event.event.as_str() {
                     "endpoint" if endpoint.is_none() => {
-                        endpoint = Some(resolve(&self.config.url, event.data.trim()))
+                        endpoint = Some(resolve(&self.url, event.data.trim()))
                     }
                     "message" => {
                         if let Ok(message) = serde_json::from_str::<Value>(&event.data) {
@@ -1198,7 +1211,7 @@ impl Upstream {
         };
         let mut request = self
             .client
-            .delete(&self.config.url)
+            .delete(&self.url)
             .timeout(DELETE_TIMEOUT)
             .insert_header((AUTH_HEADER, auth_value(&key)))
             .insert_header((SESSION_HEADER, session));
