@@ -170,7 +170,9 @@ pub struct BridgeArgs {
     /// The workload to connect to.
     pub workload: String,
 
-    /// Connect here instead of the URL the running serve publishes.
+    /// Connect here instead of the URL the running serve publishes:
+    /// http://127.0.0.1:PORT/mcp, or unix:/path/to.sock for a workload on a
+    /// Unix socket.
     #[arg(long)]
     pub url: Option<String>,
 

@@ -273,7 +273,10 @@ fn hostile_inputs_are_refused_and_never_reach_the_workload() {
             failures.push(format!("{}: the answer contains a key", case.what));
         }
         if case.presented.len() >= 4 && contains(shown.as_bytes(), &case.presented) {
-            failures.push(format!("{}: the answer repeats the presented value", case.what));
+            failures.push(format!(
+                "{}: the answer repeats the presented value",
+                case.what
+            ));
         }
     }
 
@@ -428,7 +431,12 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
     );
 
     // Credential problems: 401.
-    add("no key header", post_head(port, "/mcp", &[]), b"", Refused(401));
+    add(
+        "no key header",
+        post_head(port, "/mcp", &[]),
+        b"",
+        Refused(401),
+    );
     add("empty value", with(b"X-ToolHive-Auth: "), b"", Refused(401));
     add(
         "one character short",
@@ -619,7 +627,12 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
     raw_value[10] = 0xff;
     raw_value[11] = 0xfe;
     non_utf8.extend_from_slice(&raw_value);
-    add("non-UTF-8 bytes in the value", with(&non_utf8), &raw_value, Refused(401));
+    add(
+        "non-UTF-8 bytes in the value",
+        with(&non_utf8),
+        &raw_value,
+        Refused(401),
+    );
     let mut nul = b"X-ToolHive-Auth: ".to_vec();
     nul.extend_from_slice(&key.as_bytes()[..20]);
     nul.push(0);
@@ -701,7 +714,11 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
             expect,
         });
     };
-    add_guard("Host evil.example, right key", host("evil.example"), Refused(403));
+    add_guard(
+        "Host evil.example, right key",
+        host("evil.example"),
+        Refused(403),
+    );
     add_guard(
         "Host 127.0.0.1.nip.io, right key",
         host(&format!("127.0.0.1.nip.io:{port}")),
@@ -712,7 +729,11 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
         host("localhost.evil.example"),
         Refused(403),
     );
-    add_guard("Host 0.0.0.0, right key", host(&format!("0.0.0.0:{port}")), Refused(403));
+    add_guard(
+        "Host 0.0.0.0, right key",
+        host(&format!("0.0.0.0:{port}")),
+        Refused(403),
+    );
     add_guard("empty Host, right key", host(""), Refused(403));
     add_guard(
         "two Host headers (loopback, evil), right key (HTTP layer: 400)",
@@ -752,8 +773,16 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
     let mut http10 = b"POST /mcp HTTP/1.0\r\nContent-Type: application/json\r\n".to_vec();
     http10.extend_from_slice(&good);
     add_guard("HTTP/1.0 without Host, right key", http10, Refused(403));
+    let mut absolute =
+        format!("POST http://evil.example/mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n").into_bytes();
+    absolute.extend_from_slice(&good);
     add_guard(
-        "absolute-form target to another host, no key",
+        "absolute-form target to another host, loopback Host, right key",
+        absolute,
+        Refused(403),
+    );
+    add_guard(
+        "absolute-form target to another host, no key (guard first)",
         format!("POST http://evil.example/mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}").into_bytes(),
         Refused(403),
     );
@@ -762,8 +791,16 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
     let nokey = |method: &str, target: &str| {
         format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}").into_bytes()
     };
-    add_guard("path traversal /../mcp", nokey("POST", "/../mcp"), Refused(401));
-    add_guard("path traversal /%2e%2e/mcp", nokey("POST", "/%2e%2e/mcp"), Refused(401));
+    add_guard(
+        "path traversal /../mcp",
+        nokey("POST", "/../mcp"),
+        Refused(401),
+    );
+    add_guard(
+        "path traversal /%2e%2e/mcp",
+        nokey("POST", "/%2e%2e/mcp"),
+        Refused(401),
+    );
     add_guard(
         "encoded slash /%2fmcp",
         nokey("POST", "/%2fmcp"),
@@ -776,10 +813,18 @@ fn table(port: u16, port_b: u16, key: &str, old: &str, key_b: &str) -> Vec<Case>
         nokey("POST", &format!("/mcp?{}", "a".repeat(100 * 1024))),
         Refused(400),
     );
-    add_guard("OPTIONS without key", nokey("OPTIONS", "/mcp"), Refused(401));
+    add_guard(
+        "OPTIONS without key",
+        nokey("OPTIONS", "/mcp"),
+        Refused(401),
+    );
     add_guard("TRACE without key", nokey("TRACE", "/mcp"), Refused(401));
     add_guard("GET /mcp without key", nokey("GET", "/mcp"), Refused(401));
-    add_guard("DELETE /mcp without key", nokey("DELETE", "/mcp"), Refused(401));
+    add_guard(
+        "DELETE /mcp without key",
+        nokey("DELETE", "/mcp"),
+        Refused(401),
+    );
     add_guard(
         "Transfer-Encoding and Content-Length together (HTTP layer: 400)",
         format!("POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked")
@@ -819,9 +864,12 @@ fn base64_standard(bytes: &[u8]) -> String {
 /// client can, and with the key it reaches the workload. Found by the
 /// `auth_headers` fuzz target (input `[::1]:8811s://[::1]127.1/`).
 #[test]
-#[ignore = "BUG: guard::split_port (server/src/guard.rs) ignores everything after the first ']', so is_loopback_host(\"[::1].evil.example\") is true"]
 fn host_with_text_after_the_ipv6_bracket_is_refused() {
-    for host in ["[::1].evil.example", "[::1]evil.example:80", "[::1]:8811s://x/"] {
+    for host in [
+        "[::1].evil.example",
+        "[::1]evil.example:80",
+        "[::1]:8811s://x/",
+    ] {
         assert!(!thv_server::guard::is_loopback_host(host), "{host}");
     }
 

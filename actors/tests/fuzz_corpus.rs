@@ -8,7 +8,9 @@ mod key_parse;
 use std::path::PathBuf;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let entries = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()));
     let files: Vec<(PathBuf, Vec<u8>)> = entries
@@ -28,6 +30,10 @@ fn key_parse_corpus_keeps_its_promises() {
     let files = corpus("key_parse");
     for (path, bytes) in &files {
         let outcome = std::panic::catch_unwind(|| key_parse::run(bytes));
-        assert!(outcome.is_ok(), "{} fails the key_parse checks", path.display());
+        assert!(
+            outcome.is_ok(),
+            "{} fails the key_parse checks",
+            path.display()
+        );
     }
 }

@@ -18,8 +18,10 @@ pub enum Error {
     Keys(#[from] thv_actors::Error),
 
     /// The environment: the port is taken or cannot be bound.
-    #[error("{origin}: workload {workload}: field `port`: cannot listen on {addr}: {source}")]
+    #[error("{origin}: workload {workload}: field `{field}`: cannot listen on {addr}: {source}")]
     Bind {
+        /// The config field that chose the address: `port` or `listen`.
+        field: &'static str,
         /// Where the port came from: the config file, or "remembered port".
         origin: String,
         /// The workload.

@@ -212,15 +212,25 @@ pub fn is_loopback_host(host: &str) -> bool {
 /// `host` without a trailing `:port`, keeping IPv6 brackets.
 fn split_port(host: &str) -> &str {
     if host.starts_with('[') {
+        // After the bracket only a port may follow; anything else leaves the
+        // whole value, which then parses as no address at all.
         return match host.find(']') {
-            Some(end) => &host[..=end],
-            None => host,
+            Some(end) if is_port_suffix(&host[end + 1..]) => &host[..=end],
+            _ => host,
         };
     }
     match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     }
+}
+
+/// Nothing, or `:` and one or more digits.
+fn is_port_suffix(rest: &str) -> bool {
+    rest.is_empty()
+        || rest
+            .strip_prefix(':')
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -522,6 +522,7 @@ fn bind_unix(
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     let fail = |message: String| Error::Bind {
+        field: "listen",
         origin: shared.options.origin.clone(),
         workload: workload.name.to_string(),
         addr: format!("unix:{}", path.display()),
@@ -536,7 +537,7 @@ fn bind_unix(
     let uid = unsafe { libc::getuid() };
     if meta.uid() != uid || meta.mode() & 0o077 != 0 {
         return Err(fail(format!(
-            "field `listen`: directory {} must belong to uid {uid} and be closed to others \
+            "directory {} must belong to uid {uid} and be closed to others \
              (chmod 700)",
             dir.display()
         )));
@@ -558,6 +559,7 @@ fn bind_tcp(
     ports: &Ports,
 ) -> Result<TcpListener, Error> {
     let bind_err = |origin: &str, port: u16, source| Error::Bind {
+        field: "port",
         origin: origin.to_owned(),
         workload: workload.name.to_string(),
         addr: format!("127.0.0.1:{port}"),

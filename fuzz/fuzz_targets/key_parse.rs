@@ -1,0 +1,9 @@
+//! Fuzz target `key_parse`: the checks in `checks/key_parse.rs`, which the corpus
+//! replay tests run too.
+
+#![no_main]
+
+#[path = "../checks/key_parse.rs"]
+mod check;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::run(data));
