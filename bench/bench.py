@@ -797,14 +797,66 @@ def bench_memory(results):
 
 
 def bench_peer(results):
-    peer = REPO / "server" / "src" / "peer"
-    if peer.exists():
-        note = ("not yet measured (peer identity work in progress: server/src/peer/ exists "
-                "but has no benchmark to call yet)")
-    else:
-        note = "not yet measured (peer identity work in progress)"
-    results["peer"] = {"note": note}
-    table("5. Peer check", ["row", "result"], [["peer identity check", note]])
+    """Two parts. The kernel lookup itself, per new connection, with about
+    10 and with 10,000 other loopback sockets open (the ignored benchmark in
+    server/tests/peer_identity.rs, built in release). Then requests/s over
+    keep-alive connections through serve with the peer check on and off: the
+    identity is decided once per connection, so the cost there should be
+    noise."""
+    measured = {}
+
+    print("  sock_diag lookup cost (cargo test --release, ignored bench) ...", flush=True)
+    out = subprocess.run(
+        ["cargo", "test", "--release", "--quiet", "-p", "thv-server", "--test", "peer_identity",
+         "bench_lookup_cost", "--", "--ignored", "--nocapture"],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    (OUT / "peer-lookup.txt").write_text(out.stdout + out.stderr)
+    for line in out.stdout.splitlines():
+        if "~10 other sockets" in line:
+            measured["lookup_few_us"] = float(line.split(":")[1].split()[0])
+        elif "10,000 other sockets" in line:
+            measured["lookup_many_us"] = float(line.split(":")[1].split()[0])
+    if "lookup_few_us" not in measured:
+        raise SystemExit(f"peer lookup bench printed no figures; see {OUT / 'peer-lookup.txt'}")
+
+    run = Run("peer")
+    try:
+        up = free_port()
+        upstream_url = f"http://127.0.0.1:{up}/mcp"
+        on, off = unique("peeron"), unique("peeroff")
+        target = f'url = "{upstream_url}"\n'
+        serve, urls, keys, _ = run.serve({on: target, off: target + "peer_check = false\n"})
+        fixed = f"""  server {{
+    listen 127.0.0.1:{up};
+    location / {{ default_type application/json; return 200 '{FIXED_BODY}'; }}
+  }}
+"""
+        upstream = start_nginx(run, nginx_conf(run, "nginx-upstream", keys[on], fixed, {}), [up])
+        up_pids = lambda: [upstream.pid] + descendants(upstream.pid)
+        rounds = {on: [], off: []}
+        for r in range(ROUNDS):
+            for name in ([on, off] if r % 2 == 0 else [off, on]):
+                label = "peer check on" if name == on else "peer check off"
+                rounds[name].append(measure_wrk(f"{name}-r{r + 1}", label, urls[name], keys[name],
+                                                lambda: [serve.pid], up_pids))
+        for name, key in ((on, "check_on"), (off, "check_off")):
+            measured[key + "_rps"] = statistics.mean(x["rps_c32"] for x in rounds[name])
+            measured[key + "_cpu_us"] = statistics.mean(x["proxy_cpu_us"] for x in rounds[name])
+    finally:
+        run.close()
+
+    results["peer"] = measured
+    few, many = measured["lookup_few_us"], measured["lookup_many_us"]
+    table("5. Peer check", ["measure", "value"], [
+        ["sock_diag lookup per new connection, ~10 other sockets", f"{few:.1f} µs"],
+        ["sock_diag lookup per new connection, 10,000 other sockets", f"{many:.1f} µs"],
+        ["ratio 10,000 / 10", f"{many / few:.2f}x"],
+        ["req/s at 32 keep-alive connections, check on", f"{measured['check_on_rps']:.0f}"],
+        ["req/s at 32 keep-alive connections, check off", f"{measured['check_off_rps']:.0f}"],
+        ["ratio on / off", f"{measured['check_on_rps'] / measured['check_off_rps']:.3f}x"],
+        ["serve CPU per request, on / off",
+         f"{measured['check_on_cpu_us']:.1f} / {measured['check_off_cpu_us']:.1f} µs"],
+    ])
 
 
 # --- printing --------------------------------------------------------------

@@ -605,7 +605,7 @@ async fn start_refuses_a_command_that_cannot_run() {
 /// Prints how long `initialize` takes with a warm spare and without one
 /// (a cold start: the host was just started, so the spare is still
 /// booting). Run with `--ignored --nocapture`.
-#[ignore]
+#[ignore = "benchmark: prints initialize latency with and without a warm spare; run with --ignored --nocapture"]
 #[actix_rt::test]
 async fn warm_spare_initialize_latency() {
     for (label, command) in [
