@@ -137,7 +137,7 @@ pub enum ProxyError {
 ///   followed.
 /// - An upstream that cannot be reached gets the client a `502` with a
 ///   JSON-RPC error (`id: null`, code
-///   [`UPSTREAM_UNAVAILABLE`](crate::jsonrpc::UPSTREAM_UNAVAILABLE)) within
+///   [`UPSTREAM_UNAVAILABLE`]) within
 ///   the connect timeout; one that accepts but sends no response headers in
 ///   time gets it a `504` with the same code.
 ///
