@@ -13,7 +13,7 @@ pub struct Cli {
     /// Where keys are kept: auto, secret-service, keyutils (Linux),
     /// macos-keychain, windows-credential-manager.
     /// [default: auto, or the keystore of the running serve]
-    #[arg(long, global = true, env = "THV_ACTOR_KEYSTORE")]
+    #[arg(long, global = true, env = "THV_ACTOR_KEYSTORE", hide_env_values = true)]
     pub keystore: Option<String>,
 
     /// Log line format on stderr (filter with RUST_LOG).
@@ -132,7 +132,7 @@ pub struct ListArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The config file.
-    #[arg(long, env = "THV_ACTOR_CONFIG")]
+    #[arg(long, env = "THV_ACTOR_CONFIG", hide_env_values = true)]
     pub config: Option<std::path::PathBuf>,
 
     /// Serve one workload of this name, given by --url or a command after --.
