@@ -13,7 +13,12 @@ pub struct Cli {
     /// Where keys are kept: auto, secret-service, keyutils (Linux),
     /// macos-keychain, windows-credential-manager.
     /// [default: auto, or the keystore of the running serve]
-    #[arg(long, global = true, env = "THV_ACTOR_KEYSTORE", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "THV_ACTOR_KEYSTORE",
+        hide_env_values = true
+    )]
     pub keystore: Option<String>,
 
     /// Log line format on stderr (filter with RUST_LOG).

@@ -7,15 +7,12 @@
 //! (HOME, LOGNAME, PATH, SHELL, TERM, USER), so each test also proves the
 //! bridge finds serve, its keystore and the key from that alone.
 
-#[path = "support/bridge.rs"]
-mod bridge_support;
-mod common;
+mod support;
 
-use bridge_support::{
-    demo_workload, node_client, python_client, stdio_workload, testenv, url_workload, Everything,
-    Home, Serve,
-};
 use serde_json::{json, Value};
+use support::bridge::{node_client, python_client};
+use support::peers::{test_env, Everything};
+use support::serve::{demo_workload, stdio_workload, url_workload, Sandbox, Serve};
 
 /// What every client does against the demo server.
 fn demo_plan() -> Value {
@@ -90,23 +87,26 @@ fn time_plan() -> Value {
 }
 
 /// A serve hosting the demo and mcp-server-time as stdio workloads.
-fn stdio_serve(home: &Home) -> (Serve, String, String) {
-    let demo = home.workload("demo");
-    let time = home.workload("time");
-    let time_bin = testenv().join("py2/bin/mcp-server-time");
-    let config = home.write_config(&[
-        demo_workload(&demo),
-        stdio_workload(
-            &time,
-            &[time_bin.to_str().unwrap(), "--local-timezone", "UTC"],
-        ),
-    ]);
-    let serve = Serve::start(home, &config, &[&demo, &time]);
+fn stdio_serve(home: &Sandbox) -> (Serve, String, String) {
+    let demo = home.name("demo");
+    let time = home.name("time");
+    let time_bin = test_env().join("py2/bin/mcp-server-time");
+    let config = home.config(
+        &[
+            demo_workload(&demo),
+            stdio_workload(
+                &time,
+                &[time_bin.to_str().unwrap(), "--local-timezone", "UTC"],
+            ),
+        ]
+        .join("\n"),
+    );
+    let serve = home.serve_config(&config, &[&demo, &time]);
     (serve, demo, time)
 }
 
 fn python_against_stdio_servers(venv: &str, sdk: &str) {
-    let home = Home::new("keyutils");
+    let home = Sandbox::in_home("keyutils");
     let (serve, demo, time) = stdio_serve(&home);
 
     let report = python_client(&home, venv, &demo, &demo_plan());
@@ -116,9 +116,9 @@ fn python_against_stdio_servers(venv: &str, sdk: &str) {
 
     // Both sessions were ended by the bridge at the client's exit.
     assert!(
-        serve.wait_log("session ended by the client", bridge_support::WAIT),
+        serve.wait_log("session ended by the client", support::WAIT),
         "{}",
-        serve.log()
+        serve.stderr()
     );
 }
 
@@ -152,10 +152,10 @@ fn everything_plan() -> Value {
 
 fn python_against_server_everything(venv: &str, sdk: &str) {
     let everything = Everything::start();
-    let home = Home::new("keyutils");
-    let name = home.workload("everything");
-    let config = home.write_config(&[url_workload(&name, &everything.url())]);
-    let serve = Serve::start(&home, &config, &[&name]);
+    let home = Sandbox::in_home("keyutils");
+    let name = home.name("everything");
+    let config = home.config(&[url_workload(&name, &everything.url())].join("\n"));
+    let serve = home.serve_config(&config, &[&name]);
 
     let report = python_client(&home, venv, &name, &everything_plan());
     assert_no_transport_errors(&report);
@@ -250,11 +250,12 @@ fn python_sdk_1_uses_server_everything_over_http_through_the_bridge() {
 #[test]
 fn typescript_sdk_calls_tools_through_the_bridge() {
     let everything = Everything::start();
-    let home = Home::new("keyutils");
-    let demo = home.workload("demo");
-    let http = home.workload("everything");
-    let config = home.write_config(&[demo_workload(&demo), url_workload(&http, &everything.url())]);
-    let _serve = Serve::start(&home, &config, &[&demo, &http]);
+    let home = Sandbox::in_home("keyutils");
+    let demo = home.name("demo");
+    let http = home.name("everything");
+    let config =
+        home.config(&[demo_workload(&demo), url_workload(&http, &everything.url())].join("\n"));
+    let _serve = home.serve_config(&config, &[&demo, &http]);
 
     let report = node_client(&home, &demo, "echo", &json!({"message": "from typescript"}));
     assert_eq!(report["server"], "thv-actor-demo", "{report}");
@@ -282,11 +283,15 @@ fn python_sdk_reaches_a_secret_service_workload_without_a_bus_address() {
         std::env::var_os("DBUS_SESSION_BUS_ADDRESS").is_some(),
         "no session bus: run ./scripts/test"
     );
-    let home = Home::new("secret-service");
-    let demo = home.workload("demo-ss");
-    let config = home.write_config(&[demo_workload(&demo)]);
-    let serve = Serve::start(&home, &config, &[&demo]);
-    assert!(serve.log().contains("secret-service"), "{}", serve.log());
+    let home = Sandbox::in_home("secret-service");
+    let demo = home.name("demo-ss");
+    let config = home.config(&[demo_workload(&demo)].join("\n"));
+    let serve = home.serve_config(&config, &[&demo]);
+    assert!(
+        serve.stderr().contains("secret-service"),
+        "{}",
+        serve.stderr()
+    );
 
     let plan = json!({"calls": [{"tool": "echo", "args": {"message": "via secret service"}}]});
     let report = python_client(&home, "py2", &demo, &plan);

@@ -4,17 +4,15 @@
 //! all. The bridge is driven directly with JSON-RPC lines, as an MCP client
 //! would, in the environment an MCP client gives it.
 
-#[path = "support/bridge.rs"]
-mod bridge_support;
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bridge_support::{
-    client_env, demo_workload, run_bounded, tool_text, Bridge, Home, Serve, WAIT,
-};
 use serde_json::{json, Value};
+use support::bridge::{client_env, tool_text, Bridge};
+use support::serve::{demo_workload, Sandbox, Serve};
+use support::{run_bounded, WAIT};
 
 fn echo(bridge: &mut Bridge, id: u64, message: &str) -> Value {
     bridge.request(
@@ -26,11 +24,11 @@ fn echo(bridge: &mut Bridge, id: u64, message: &str) -> Value {
 
 /// A home with serve hosting the demo as one workload, and a bridge to it
 /// past the handshake.
-fn demo_session(tag: &str) -> (Home, Serve, String, Bridge) {
-    let home = Home::new("keyutils");
-    let name = home.workload(tag);
-    let config = home.write_config(&[demo_workload(&name)]);
-    let serve = Serve::start(&home, &config, &[&name]);
+fn demo_session(tag: &str) -> (Sandbox, Serve, String, Bridge) {
+    let home = Sandbox::in_home("keyutils");
+    let name = home.name(tag);
+    let config = home.config(&[demo_workload(&name)].join("\n"));
+    let serve = home.serve_config(&config, &[&name]);
     let mut bridge = Bridge::spawn(&home, &name, &[]);
     bridge.handshake(1);
     (home, serve, name, bridge)
@@ -54,8 +52,8 @@ fn serve_restarted_under_a_live_bridge_answers_every_request() {
             "params": {"name": "echo", "arguments": {"message": format!("gap {id}")}}}));
     }
     std::thread::sleep(Duration::from_millis(800));
-    let config = home.path().join("config.toml");
-    let serve = Serve::start(&home, &config, &[&name]);
+    let config = home.path("config.toml");
+    let serve = home.serve_config(&config, &[&name]);
     assert_eq!(serve.url(&name), url, "serve came back on another port");
 
     // Each gap request gets one answer: success after waiting, or an error
@@ -74,10 +72,10 @@ fn serve_restarted_under_a_live_bridge_answers_every_request() {
 
 #[test]
 fn serve_down_longer_than_connect_wait_is_an_error_then_recovers() {
-    let home = Home::new("keyutils");
-    let name = home.workload("outage");
-    let config = home.write_config(&[demo_workload(&name)]);
-    let mut serve = Serve::start(&home, &config, &[&name]);
+    let home = Sandbox::in_home("keyutils");
+    let name = home.name("outage");
+    let config = home.config(&[demo_workload(&name)].join("\n"));
+    let mut serve = home.serve_config(&config, &[&name]);
     let mut bridge = Bridge::spawn(&home, &name, &["--connect-wait", "1s"]);
     bridge.handshake(1);
     serve.stop();
@@ -100,7 +98,7 @@ fn serve_down_longer_than_connect_wait_is_an_error_then_recovers() {
         "answered after {waited:?}"
     );
 
-    let _serve = Serve::start(&home, &config, &[&name]);
+    let _serve = home.serve_config(&config, &[&name]);
     assert_eq!(tool_text(&echo(&mut bridge, 3, "back")), "back");
 }
 
@@ -108,7 +106,7 @@ fn serve_down_longer_than_connect_wait_is_an_error_then_recovers() {
 fn key_rotated_under_a_live_bridge_is_invisible_to_the_client() {
     let (home, serve, name, mut bridge) = demo_session("rotate");
     let before = home.run(&["key", "show", &name]);
-    common::ok(&before);
+    support::ok(&before);
 
     let mut id = 2;
     for _ in 0..3 {
@@ -150,7 +148,7 @@ fn key_rotated_under_a_live_bridge_is_invisible_to_the_client() {
     assert!(
         serve.wait_log("shared key refused", Duration::from_secs(10)),
         "serve refused nothing, so the rotation was not exercised:\n{}",
-        serve.log()
+        serve.stderr()
     );
 }
 
@@ -162,8 +160,8 @@ fn expired_upstream_session_is_reestablished_transparently() {
     // A new serve knows nothing of the bridge's session: its next request
     // meets a 404, and the bridge replays the handshake on its own.
     serve.stop();
-    let config = home.path().join("config.toml");
-    let serve = Serve::start(&home, &config, &[&name]);
+    let config = home.path("config.toml");
+    let serve = home.serve_config(&config, &[&name]);
 
     let answer = echo(&mut bridge, 3, "second");
     assert!(
@@ -178,7 +176,11 @@ fn expired_upstream_session_is_reestablished_transparently() {
         "{}",
         bridge.stderr()
     );
-    assert!(serve.log().contains("session started"), "{}", serve.log());
+    assert!(
+        serve.stderr().contains("session started"),
+        "{}",
+        serve.stderr()
+    );
     // The client got exactly the answers it asked for: no stray response
     // to the replayed initialize.
     let extra = bridge.next(Duration::from_millis(300));
@@ -187,9 +189,9 @@ fn expired_upstream_session_is_reestablished_transparently() {
 
 #[test]
 fn bridge_started_before_serve_waits_for_it() {
-    let home = Home::new("keyutils");
-    let name = home.workload("early");
-    let config = home.write_config(&[demo_workload(&name)]);
+    let home = Sandbox::in_home("keyutils");
+    let name = home.name("early");
+    let config = home.config(&[demo_workload(&name)].join("\n"));
 
     let mut bridge = Bridge::spawn(&home, &name, &["--connect-wait", "20s"]);
     bridge.send(
@@ -203,7 +205,7 @@ fn bridge_started_before_serve_waits_for_it() {
         "bridge gave up early"
     );
 
-    let _serve = Serve::start(&home, &config, &[&name]);
+    let _serve = home.serve_config(&config, &[&name]);
     let answer = bridge.response(&json!(1), WAIT);
     assert_eq!(
         answer["result"]["serverInfo"]["name"],
@@ -280,7 +282,7 @@ fn invalid_json_is_a_parse_error_and_the_bridge_keeps_going() {
 fn stdin_eof_exits_zero_and_deletes_the_session() {
     let (_home, serve, _name, mut bridge) = demo_session("eof");
     assert_eq!(tool_text(&echo(&mut bridge, 2, "bye")), "bye");
-    let ended_before = count(&serve.log(), "session ended by the client");
+    let ended_before = count(&serve.stderr(), "session ended by the client");
 
     bridge.close_stdin();
     let status = bridge
@@ -298,11 +300,11 @@ fn stdin_eof_exits_zero_and_deletes_the_session() {
     );
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&serve.log(), "session ended by the client") == ended_before {
+    while count(&serve.stderr(), "session ended by the client") == ended_before {
         assert!(
             Instant::now() < deadline,
             "serve never saw the session end:\n{}",
-            serve.log()
+            serve.stderr()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -346,18 +348,18 @@ fn stdout_carries_only_json_lines_and_logs_go_to_stderr() {
 
 #[test]
 fn no_serve_and_no_state_is_a_one_line_error() {
-    let home = Home::new("keyutils");
-    let mut cmd = std::process::Command::new(common::bin());
+    let home = Sandbox::in_home("keyutils");
+    let mut cmd = std::process::Command::new(support::bin());
     cmd.args(["bridge", "x", "--connect-wait", "1s"]);
-    client_env(&mut cmd, home.path());
+    client_env(&mut cmd, home.home());
 
     let started = Instant::now();
-    let out = run_bounded(cmd, Duration::from_secs(15), "bridge without serve");
+    let out = run_bounded(cmd, Duration::from_secs(15));
 
     assert!(!out.status.success(), "bridge succeeded without serve");
     assert!(started.elapsed() >= Duration::from_millis(900));
-    assert!(out.stdout.is_empty(), "stdout: {:?}", common::stdout(&out));
-    let stderr = common::stderr(&out);
+    assert!(out.stdout.is_empty(), "stdout: {:?}", support::stdout(&out));
+    let stderr = support::stderr(&out);
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
     assert!(errors[0].starts_with("thv-actor: error: "), "{stderr}");

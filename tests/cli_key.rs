@@ -1,11 +1,11 @@
 //! `thv-actor key ...` end to end: the real binary on the real Secret
 //! Service and the real kernel keyring.
 
-mod common;
+mod support;
 
 use std::process::Stdio;
 
-use common::{ok, stderr, stdout, Env, KEYSTORES};
+use support::{ok, stderr, stdout, Env, KEYSTORES};
 use thv_actors::SharedKey;
 
 fn show(env: &Env, w: &str) -> SharedKey {
@@ -23,7 +23,7 @@ fn show(env: &Env, w: &str) -> SharedKey {
 fn create_show_rotate_delete_round_trip() {
     for keystore in KEYSTORES {
         let env = Env::new(keystore);
-        let w = common::unique("cli");
+        let w = support::unique("cli");
 
         let created = env.run(&["key", "create", &w]);
         ok(&created);
@@ -82,7 +82,7 @@ fn a_key_made_in_one_session_keyring_is_seen_from_another() {
     // Separate logins each get their own session keyring; keys live in the
     // per-user persistent keyring, which both reach.
     let env = Env::new("keyutils");
-    let w = common::unique("session");
+    let w = support::unique("session");
     ok(&env.run_in_new_session(&["key", "create", &w]));
     let seen = env.run_in_new_session(&["key", "show", &w]);
     ok(&seen);
@@ -101,7 +101,7 @@ fn fifty_processes_at_once_make_fifty_distinct_keys() {
     for keystore in KEYSTORES {
         let env = Env::new(keystore);
         let names: Vec<String> = (0..50)
-            .map(|i| common::unique(&format!("seed{i}")))
+            .map(|i| support::unique(&format!("seed{i}")))
             .collect();
         let children: Vec<_> = names
             .iter()
@@ -141,7 +141,7 @@ fn fifty_processes_at_once_make_fifty_distinct_keys() {
 #[test]
 fn fifty_processes_creating_one_workload_agree_on_one_key() {
     let env = Env::new("keyutils");
-    let w = common::unique("race");
+    let w = support::unique("race");
     let children: Vec<_> = (0..50)
         .map(|_| {
             env.cmd(&["key", "create", &w])
@@ -225,8 +225,8 @@ fn every_command_has_help() {
 #[test]
 fn key_list_marks_keys_of_workloads_in_no_config_and_not_running() {
     let env = Env::new("keyutils");
-    let listed = common::unique("listed");
-    let orphan = common::unique("orphan");
+    let listed = support::unique("listed");
+    let orphan = support::unique("orphan");
     ok(&env.run(&["key", "create", &listed]));
     ok(&env.run(&["key", "create", &orphan]));
     let config_dir = env.state_dir().join("xdg");

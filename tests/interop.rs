@@ -13,21 +13,18 @@
 //! [`KNOWN_FAILURES`] with its reason; a known failure that starts to pass
 //! fails the test too, so the list stays true.
 
-#[path = "support/bridge.rs"]
-mod bridge_support;
-mod common;
+mod support;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use bridge_support::{
-    client_env, demo_workload, free_port, stdio_workload, testenv, url_workload, Everything, Home,
-    Serve,
-};
 use serde_json::{json, Value};
+use support::bridge::client_env;
+use support::peers::{test_env, Everything};
+use support::serve::{demo_workload, stdio_workload, url_workload, Sandbox};
 
 /// Client runs at once (the machine has 2 cores; most of a run is waiting).
 const PARALLEL: usize = 4;
@@ -135,48 +132,6 @@ struct Row {
     seconds: f64,
 }
 
-/// server-everything in its legacy SSE mode, killed when dropped.
-struct EverythingSse {
-    child: Child,
-    port: u16,
-}
-
-impl EverythingSse {
-    fn start(entry: &Path) -> EverythingSse {
-        let port = free_port();
-        let child = Command::new("node")
-            .arg(entry)
-            .arg("sse")
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node (server-everything sse)");
-        let mut server = EverythingSse { child, port };
-
-        let deadline = Instant::now() + bridge_support::WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("server-everything (sse) exited at start: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server-everything (sse) did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for EverythingSse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `cmd` within `limit`; `Err` says how it overran (no panic: an
 /// overrun is a failed cell, not a failed harness).
 fn run_limited(mut cmd: Command, limit: Duration) -> Result<Output, String> {
@@ -227,7 +182,7 @@ fn parse_report(result: Result<Output, String>) -> Value {
 
 /// Everything a cell needs to run.
 struct Env {
-    home: Home,
+    home: Sandbox,
     testenv: PathBuf,
     inspector: PathBuf,
     /// Per workload: (url serve printed, key).
@@ -243,7 +198,7 @@ fn script_plan(env: &Env, server: usize, spec: &Server, via: Via) -> Value {
         (Via::Http, true) => "sse",
         (Via::Http, false) => "http",
     });
-    plan["binary"] = json!(common::bin());
+    plan["binary"] = json!(support::bin());
     plan["workload"] = json!(spec.workload);
     plan["url"] = json!(url);
     plan
@@ -256,18 +211,18 @@ fn run_script(env: &Env, client: Client, via: Via, server: usize, spec: &Server)
         Client::Py2 | Client::Py1 => {
             let venv = if client == Client::Py2 { "py2" } else { "py1" };
             let mut cmd = Command::new(env.testenv.join(venv).join("bin/python"));
-            cmd.arg(common::repo().join("tests/python/interop_client.py"));
+            cmd.arg(support::repo().join("tests/python/interop_client.py"));
             cmd
         }
         Client::Ts | Client::Inspector => {
             let mut cmd = Command::new("node");
-            cmd.arg(common::repo().join("tests/node/interop_client.mjs"))
+            cmd.arg(support::repo().join("tests/node/interop_client.mjs"))
                 .arg(env.testenv.join("node/node_modules"));
             cmd
         }
     };
     cmd.arg(plan.to_string());
-    client_env(&mut cmd, env.home.path());
+    client_env(&mut cmd, env.home.home());
     if via == Via::Http {
         cmd.env("THV_INTEROP_KEY", &env.endpoints[server].1);
     }
@@ -282,12 +237,12 @@ fn inspector(env: &Env, spec: &Server, args: &[&str]) -> Result<Value, String> {
     let mut cmd = Command::new("node");
     cmd.arg(cli)
         .arg("--cli")
-        .arg(common::bin())
+        .arg(support::bin())
         .arg("bridge")
         .arg(&spec.workload)
         .arg("--method")
         .args(args);
-    client_env(&mut cmd, env.home.path());
+    client_env(&mut cmd, env.home.home());
     let out = run_limited(cmd, Duration::from_secs(30))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -567,7 +522,7 @@ fn run_cell(env: &Env, servers: &[Server], client: Client, via: Via, server: usi
 }
 
 /// What every server is and what it should do.
-fn servers(home: &Home) -> Vec<Server> {
+fn servers(home: &Sandbox) -> Vec<Server> {
     let demo_plan = json!({
         "tool": {"name": "echo", "args": {"message": "hello interop"}},
         "resource": {"uri": "demo://readme"},
@@ -590,7 +545,7 @@ fn servers(home: &Home) -> Vec<Server> {
     let everything = |id, label, sse| Server {
         id,
         label,
-        workload: home.workload(id),
+        workload: home.name(id),
         sse,
         plan: everything_plan.clone(),
         name: "everything",
@@ -602,7 +557,7 @@ fn servers(home: &Home) -> Vec<Server> {
         Server {
             id: "demo",
             label: "demo (stdio)",
-            workload: home.workload("demo"),
+            workload: home.name("demo"),
             sse: false,
             plan: demo_plan,
             name: "thv-actor-demo",
@@ -620,7 +575,7 @@ fn servers(home: &Home) -> Vec<Server> {
         Server {
             id: "time",
             label: "mcp-server-time (stdio)",
-            workload: home.workload("time"),
+            workload: home.name("time"),
             sse: false,
             plan: time_plan,
             name: "mcp-time",
@@ -932,7 +887,7 @@ fn write_doc(env: &Env, servers: &[Server], rows: &[Row], took: Duration) -> Str
     }
     line(String::new());
 
-    let path = common::repo().join("docs/compatibility.md");
+    let path = support::repo().join("docs/compatibility.md");
     std::fs::write(&path, &doc).unwrap();
     doc
 }
@@ -976,7 +931,7 @@ fn run_all(env: &Env, servers: &[Server]) -> Vec<Row> {
 #[test]
 fn interop_matrix_writes_docs_compatibility() {
     let started = Instant::now();
-    let testenv = testenv();
+    let testenv = test_env();
     let inspector = testenv.join("inspector");
     assert!(
         inspector
@@ -985,13 +940,12 @@ fn interop_matrix_writes_docs_compatibility() {
         "{} has no MCP Inspector: run ./scripts/test",
         inspector.display()
     );
-    let entry =
-        testenv.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let entry = Everything::entry();
 
     // The servers, and one serve in front of all of them.
     let http = Everything::start();
-    let sse = EverythingSse::start(&entry);
-    let home = Home::new("keyutils");
+    let sse = Everything::start_sse();
+    let home = Sandbox::in_home("keyutils");
     let servers = servers(&home);
     let time_bin = testenv.join("py2/bin/mcp-server-time");
     let blocks: Vec<String> = servers
@@ -1013,17 +967,17 @@ fn interop_matrix_writes_docs_compatibility() {
             other => unreachable!("server {other}"),
         })
         .collect();
-    let config = home.write_config(&blocks);
+    let config = home.config(&blocks.join("\n"));
     let names: Vec<&str> = servers.iter().map(|s| s.workload.as_str()).collect();
-    let serve = Serve::start(&home, &config, &names);
+    let serve = home.serve_config(&config, &names);
 
     // The key of each workload, as a user would read it for a direct client.
     let endpoints = servers
         .iter()
         .map(|s| {
             let out = home.run(&["key", "show", &s.workload]);
-            common::ok(&out);
-            let key = common::stdout(&out).trim().to_owned();
+            support::ok(&out);
+            let key = support::stdout(&out).trim().to_owned();
             assert!(!key.is_empty(), "key show printed nothing");
             (serve.url(&s.workload).to_owned(), key)
         })

@@ -10,9 +10,7 @@
 //! These tests need root (CI runs as root): they create the user and run
 //! the client with `setpriv`.
 
-mod common;
-#[path = "support/harness.rs"]
-mod harness;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -21,8 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{echo_call, BridgeProc, Serve, INITIALIZE};
 use serde_json::Value;
+use support::bridge::{echo_call, Bridge};
+use support::http::INITIALIZE;
+use support::peers::Everything;
+use support::serve::Serve;
 
 const OTHER_USER: &str = "thv-peer-e2e";
 
@@ -30,7 +31,7 @@ const OTHER_USER: &str = "thv-peer-e2e";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn home() -> tempfile::TempDir {
-    common::require_setup();
+    support::require_setup();
     tempfile::tempdir().unwrap()
 }
 
@@ -232,31 +233,11 @@ fn assert_refused(client: &Client, uid: u32) {
     assert!(message.contains(&format!("uid {uid}")), "{message}");
 }
 
-/// `text` without ANSI colour sequences (serve colours its log even into a
-/// file).
-fn plain(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 /// Waits for serve's audit line of a refusal of `pid`, and returns it.
 fn audit_line(serve: &Serve, workload: &str, pid: u32) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        let stderr = plain(&serve.stderr());
+        let stderr = support::strip_ansi(&serve.stderr());
         let found = stderr.lines().find(|l| {
             l.contains("peer refused")
                 && l.contains(workload)
@@ -273,26 +254,11 @@ fn audit_line(serve: &Serve, workload: &str, pid: u32) -> String {
     }
 }
 
-/// The bridge's answer to request `id`, skipping the server's notifications
-/// and requests on the way (bounded by [`WAIT`]).
-fn answer_to(bridge: &BridgeProc, id: u64) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = bridge
-            .recv(left)
-            .unwrap_or_else(|| panic!("no answer to request {id} in {WAIT:?}"));
-        if message["id"] == id && message.get("method").is_none() {
-            return message;
-        }
-    }
-}
-
 /// A demo workload table with `extra` lines.
 fn demo(name: &str, extra: &str) -> String {
     format!(
         "[[workloads]]\nname = \"{name}\"\ncommand = [\"{}\", \"demo-server\"]\n{extra}\n",
-        common::bin()
+        support::bin()
     )
 }
 
@@ -328,8 +294,8 @@ fn rm(serve: &Serve, workloads: &[&str]) {
 fn another_user_is_refused_over_tcp_and_unix_even_with_the_key_while_serves_user_is_admitted() {
     let other = other_user();
     let dir = home();
-    let tcp = common::unique("peer-tcp");
-    let unix = common::unique("peer-uds");
+    let tcp = support::unique("peer-tcp");
+    let unix = support::unique("peer-uds");
     let socket = dir.path().join("sock").join("w.sock");
     let config = format!(
         "{}{}",
@@ -384,9 +350,9 @@ fn another_user_is_refused_over_tcp_and_unix_even_with_the_key_while_serves_user
 fn an_allow_listed_uid_is_admitted_and_peer_check_off_admits_anyone_with_a_loud_warning() {
     let other = other_user();
     let dir = home();
-    let listed_tcp = common::unique("allow-tcp");
-    let listed_unix = common::unique("allow-uds");
-    let open = common::unique("nocheck");
+    let listed_tcp = support::unique("allow-tcp");
+    let listed_unix = support::unique("allow-uds");
+    let open = support::unique("nocheck");
     let socket = dir.path().join("sock").join("a.sock");
     let config = format!(
         "{}{}{}",
@@ -403,7 +369,7 @@ fn an_allow_listed_uid_is_admitted_and_peer_check_off_admits_anyone_with_a_loud_
     );
     let serve = Serve::start(dir.path(), "keyutils", &config, 3, &[]);
 
-    let stderr = plain(&serve.stderr());
+    let stderr = support::strip_ansi(&serve.stderr());
     let warning = stderr
         .lines()
         .find(|l| l.contains("PEER CHECK IS OFF") && l.contains(&open))
@@ -453,7 +419,7 @@ fn an_allow_listed_uid_is_admitted_and_peer_check_off_admits_anyone_with_a_loud_
 #[test]
 fn bridge_reaches_a_unix_socket_workload_published_as_a_unix_url_and_the_socket_goes_at_stop() {
     let dir = home();
-    let w = common::unique("bridge-uds");
+    let w = support::unique("bridge-uds");
     let socket = dir.path().join("sock").join("b.sock");
     let config = demo(&w, &format!("listen = \"unix:{}\"", socket.display()));
     let mut serve = Serve::start(dir.path(), "keyutils", &config, 1, &[]);
@@ -480,10 +446,10 @@ fn bridge_reaches_a_unix_socket_workload_published_as_a_unix_url_and_the_socket_
     assert_eq!(mode(socket.parent().unwrap()), 0o700);
 
     // The bridge, finding the workload in serve's state.
-    let mut bridge = BridgeProc::start(dir.path(), &w, &[]);
-    bridge.initialize();
+    let mut bridge = Bridge::spawn(dir.path(), &w, &[]);
+    bridge.handshake(1);
     bridge.send(&echo_call(2, "through the socket"));
-    let answer = answer_to(&bridge, 2);
+    let answer = bridge.response(&Value::from(2), WAIT);
     assert_eq!(answer["id"], 2, "{answer}");
     let text = answer["result"]["content"][0]["text"]
         .as_str()
@@ -492,10 +458,10 @@ fn bridge_reaches_a_unix_socket_workload_published_as_a_unix_url_and_the_socket_
     drop(bridge);
 
     // And with --url naming the socket.
-    let mut bridge = BridgeProc::start(dir.path(), &w, &["--url", &url]);
-    bridge.initialize();
+    let mut bridge = Bridge::spawn(dir.path(), &w, &["--url", &url]);
+    bridge.handshake(1);
     bridge.send(&echo_call(3, "by url"));
-    let answer = answer_to(&bridge, 3);
+    let answer = bridge.response(&Value::from(3), WAIT);
     assert!(
         answer["result"]["content"][0]["text"]
             .as_str()
@@ -506,7 +472,12 @@ fn bridge_reaches_a_unix_socket_workload_published_as_a_unix_url_and_the_socket_
 
     // SIGTERM: serve stops the workload and removes its socket.
     assert!(socket.exists());
-    assert_eq!(serve.stop(), Some(0), "{}", serve.stderr());
+    assert_eq!(
+        serve.stop().and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        serve.stderr()
+    );
     assert!(
         std::fs::symlink_metadata(&socket).is_err(),
         "the socket file is left after serve stopped"
@@ -516,65 +487,11 @@ fn bridge_reaches_a_unix_socket_workload_published_as_a_unix_url_and_the_socket_
     rm(&serve, &[&w]);
 }
 
-/// server-everything's legacy HTTP+SSE server on a free loopback port,
-/// killed on drop.
-struct EverythingSse {
-    child: Child,
-    port: u16,
-}
-
-impl EverythingSse {
-    fn start() -> EverythingSse {
-        let entry = common::repo().join(
-            ".testenv/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-        );
-        assert!(
-            entry.exists(),
-            "server-everything is not installed under .testenv; run ./scripts/test"
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("node")
-            .arg(&entry)
-            .arg("sse")
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node (server-everything sse)");
-        let mut server = EverythingSse { child, port };
-
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                panic!("server-everything (sse) exited at start: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server-everything (sse) did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
-    }
-}
-
-impl Drop for EverythingSse {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn bridge_takes_the_sse_transport_of_a_unix_socket_workload_from_serves_state() {
     let dir = home();
-    let upstream = EverythingSse::start();
-    let w = common::unique("bridge-uds-sse");
+    let upstream = Everything::start_sse();
+    let w = support::unique("bridge-uds-sse");
     let socket = dir.path().join("sock").join("s.sock");
     let config = format!(
         "[[workloads]]\nname = \"{w}\"\nurl = \"http://127.0.0.1:{}/sse\"\ntransport = \"sse\"\nlisten = \"unix:{}\"\n",
@@ -584,10 +501,10 @@ fn bridge_takes_the_sse_transport_of_a_unix_socket_workload_from_serves_state() 
     let serve = Serve::start(dir.path(), "keyutils", &config, 1, &[]);
     assert_eq!(serve.url(&w), format!("unix:{}", socket.display()));
 
-    let mut bridge = BridgeProc::start(dir.path(), &w, &[]);
-    bridge.initialize();
+    let mut bridge = Bridge::spawn(dir.path(), &w, &[]);
+    bridge.handshake(1);
     bridge.send(&echo_call(2, "legacy over the socket"));
-    let answer = answer_to(&bridge, 2);
+    let answer = bridge.response(&Value::from(2), WAIT);
     assert_eq!(answer["id"], 2, "{answer}");
     assert!(
         answer["result"]["content"][0]["text"]

@@ -7,16 +7,16 @@
 //! Two exceptions, both documented: the stdout of `key show`, and the
 //! environment of a stdio child whose workload sets `inject_key_env`.
 
-mod common;
-#[path = "support/harness.rs"]
-mod harness;
+mod support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{echo_call, post, Serve, INITIALIZE};
+use support::bridge::echo_call;
+use support::http::{post, INITIALIZE};
+use support::serve::Serve;
 use thv_actors::SharedKey;
 
 const KEYSTORE: &str = "secret-service";
@@ -53,7 +53,7 @@ impl Haystacks {
 
 /// `thv-actor <args>` at trace level with `home`'s keystore.
 fn cli(home: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(support::bin());
     cmd.args(args)
         .env("HOME", home)
         .env_remove("THV_ACTOR_STATE_DIR")
@@ -86,7 +86,7 @@ fn wait_bounded(mut child: std::process::Child, bound: Duration) -> Output {
 }
 
 fn key_of(out: &Output) -> SharedKey {
-    assert!(out.status.success(), "key show: {}", common::stderr(out));
+    assert!(out.status.success(), "key show: {}", support::stderr(out));
     SharedKey::parse(String::from_utf8_lossy(&out.stdout).trim_end())
         .expect("key show prints a key")
 }
@@ -151,13 +151,13 @@ impl Drop for Cleanup<'_> {
 
 #[test]
 fn no_key_in_any_output_at_trace_level() {
-    common::require_setup();
+    support::require_setup();
     let started = Instant::now();
     let home_dir = tempfile::tempdir().unwrap();
     let home = home_dir.path();
-    let solo = common::unique("hyg-solo");
-    let cmd_w = common::unique("hyg-cmd");
-    let inj_w = common::unique("hyg-inj");
+    let solo = support::unique("hyg-solo");
+    let cmd_w = support::unique("hyg-cmd");
+    let inj_w = support::unique("hyg-inj");
     let _cleanup = Cleanup {
         home,
         workloads: vec![solo.clone(), cmd_w.clone(), inj_w.clone()],
@@ -196,7 +196,7 @@ fn no_key_in_any_output_at_trace_level() {
     );
 
     // serve, with a plain stdio workload and one with inject_key_env.
-    let bin = common::bin();
+    let bin = support::bin();
     let config = format!(
         "[[workloads]]\nname = \"{cmd_w}\"\ncommand = [\"{bin}\", \"demo-server\"]\n\n\
          [[workloads]]\nname = \"{inj_w}\"\ncommand = [\"{bin}\", \"demo-server\"]\ninject_key_env = true\n"
@@ -210,17 +210,17 @@ fn no_key_in_any_output_at_trace_level() {
     // Requests accepted and refused; each workload's child starts.
     let port = serve.port(&cmd_w);
     let accepted = post(port, Some(&cmd_key_text), &[], INITIALIZE);
-    assert_eq!(accepted.status, 200, "{}", accepted.body);
-    hay.add("accepted response", accepted.body.clone());
+    assert_eq!(accepted.status, 200, "{}", accepted.text());
+    hay.add("accepted response", accepted.text());
     let wrong = SharedKey::generate();
     let refused = post(port, Some(&wrong.expose_encoded()), &[], INITIALIZE);
     assert_eq!(refused.status, 401);
-    hay.add("refused response", refused.body.clone());
+    hay.add("refused response", refused.text());
     let missing = post(port, None, &[], INITIALIZE);
     assert_eq!(missing.status, 401);
     let inj = post(serve.port(&inj_w), Some(&inj_key_text), &[], INITIALIZE);
-    assert_eq!(inj.status, 200, "{}", inj.body);
-    hay.add("accepted response (inject)", inj.body.clone());
+    assert_eq!(inj.status, 200, "{}", inj.text());
+    hay.add("accepted response (inject)", inj.text());
 
     // A bridge in an MCP client's reduced environment, at trace level.
     let bridge_err = home.join("bridge.stderr");
@@ -238,7 +238,7 @@ fn no_key_in_any_output_at_trace_level() {
     let mut bridge_in = bridge.stdin.take().unwrap();
     let mut bridge_out = BufReader::new(bridge.stdout.take().unwrap());
     let mut bridge_stdout = Vec::new();
-    for line in [INITIALIZE.to_owned(), echo_call(2, "hygiene")] {
+    for line in [INITIALIZE.to_owned(), echo_call(2, "hygiene").to_string()] {
         writeln!(bridge_in, "{line}").unwrap();
         bridge_in.flush().unwrap();
         let mut answer = String::new();
@@ -301,7 +301,7 @@ fn no_key_in_any_output_at_trace_level() {
     hay.output("client-config", &cli(home, &["client-config", &cmd_w], &[]));
     hay.output(
         "key show of no key",
-        &cli(home, &["key", "show", &common::unique("hyg-none")], &[]),
+        &cli(home, &["key", "show", &support::unique("hyg-none")], &[]),
     );
     hay.output(
         "bridge to an unknown workload",
@@ -309,7 +309,7 @@ fn no_key_in_any_output_at_trace_level() {
             home,
             &[
                 "bridge",
-                &common::unique("hyg-none"),
+                &support::unique("hyg-none"),
                 "--connect-wait",
                 "1s",
             ],
@@ -356,7 +356,7 @@ fn no_key_in_any_output_at_trace_level() {
 
     // rm a workload while serving, then stop serve.
     hay.output("rm", &cli(home, &["rm", &inj_w], &[]));
-    assert_eq!(serve.stop(), Some(0), "serve exit");
+    assert_eq!(serve.stop().and_then(|s| s.code()), Some(0), "serve exit");
     hay.output("rm again", &cli(home, &["rm", &inj_w], &[]));
     hay.add("serve stderr", serve.stderr());
 

@@ -6,9 +6,7 @@
 //! this test; its counter must move by exactly one for each request that
 //! carried a valid key, and by zero for everything else.
 
-mod common;
-#[path = "support/harness.rs"]
-mod harness;
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,7 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{raw, Response, Serve, INITIALIZE};
+use support::http::{raw, Response, INITIALIZE};
+use support::serve::Serve;
 use thv_actors::SharedKey;
 
 const KEYSTORE: &str = "secret-service";
@@ -169,11 +168,11 @@ struct Fixture {
 
 impl Fixture {
     fn start(tag: &str) -> Fixture {
-        common::require_setup();
+        support::require_setup();
         let home = tempfile::tempdir().unwrap();
         let upstream = CountingUpstream::start();
-        let a = common::unique(&format!("{tag}-a"));
-        let b = common::unique(&format!("{tag}-b"));
+        let a = support::unique(&format!("{tag}-a"));
+        let b = support::unique(&format!("{tag}-b"));
         let config = format!(
             "[[workloads]]\nname = \"{a}\"\nurl = \"http://127.0.0.1:{up}/mcp\"\n\n\
              [[workloads]]\nname = \"{b}\"\nurl = \"http://127.0.0.1:{up}/mcp\"\n",
@@ -197,7 +196,7 @@ impl Fixture {
             key_b,
             _home: home,
         };
-        assert!(rotated.status.success(), "{}", common::stderr(&rotated));
+        assert!(rotated.status.success(), "{}", support::stderr(&rotated));
         assert_ne!(fixture.key, fixture.old);
         std::thread::sleep(Duration::from_millis(2500));
         fixture
@@ -263,7 +262,10 @@ fn hostile_inputs_are_refused_and_never_reach_the_workload() {
         if !status_ok {
             failures.push(format!(
                 "{}: expected {:?}, got {} (reached the workload {reached} times): {}",
-                case.what, case.expect, response.status, response.body
+                case.what,
+                case.expect,
+                response.status,
+                response.text()
             ));
         }
         if case.expect != Expect::Reaches && (200..300).contains(&response.status) {
@@ -333,7 +335,7 @@ fn absolute_form_target_to_another_host_is_refused() {
         fx.key
     );
     let response = raw(port, head.as_bytes(), INITIALIZE.as_bytes());
-    assert_eq!(response.status, 403, "{}", response.body);
+    assert_eq!(response.status, 403, "{}", response.text());
     assert_eq!(fx.upstream.count(), 0, "the request reached the workload");
 }
 
@@ -343,7 +345,7 @@ fn shown(response: &Response) -> String {
     for (n, v) in &response.headers {
         text.push_str(&format!("{n}: {v}\n"));
     }
-    text.push_str(&response.body);
+    text.push_str(&response.text());
     text
 }
 
@@ -880,6 +882,6 @@ fn host_with_text_after_the_ipv6_bracket_is_refused() {
         fx.key
     );
     let response = raw(port, head.as_bytes(), INITIALIZE.as_bytes());
-    assert_eq!(response.status, 403, "{}", response.body);
+    assert_eq!(response.status, 403, "{}", response.text());
     assert_eq!(fx.upstream.count(), 0, "the request reached the workload");
 }

@@ -1,11 +1,10 @@
 //! `thv-actor serve` over raw HTTP/1.1: what the shared-key check and the
 //! loopback guard admit and refuse, with the real binary and real keychains.
 
-mod common;
-#[path = "support/serve.rs"]
-mod serve_support;
+mod support;
 
-use serve_support::{Request, Response, Sandbox, Serve};
+use support::http::{Request, Response};
+use support::serve::{Sandbox, Serve};
 use thv_actors::SharedKey;
 
 /// A serve with two command workloads running the built-in demo server.
@@ -21,7 +20,7 @@ impl TwoDemos {
         let sandbox = Sandbox::new(keystore);
         let a = sandbox.name("http-a");
         let b = sandbox.name("http-b");
-        let bin = common::bin();
+        let bin = support::bin();
         let config = sandbox.config(&format!(
             "[[workloads]]\nname = \"{a}\"\ncommand = [\"{bin}\", \"demo-server\"]\n\n\
              [[workloads]]\nname = \"{b}\"\ncommand = [\"{bin}\", \"demo-server\"]\n"
@@ -345,7 +344,7 @@ fn a_key_in_the_query_string_is_not_accepted() {
         let response = Request::new("POST", port, &format!("/mcp?{query}={key}"))
             .header("Content-Type", "application/json")
             .header("Accept", "application/json, text/event-stream")
-            .body(serve_support::INITIALIZE)
+            .body(support::http::INITIALIZE)
             .send();
         assert_refused(&response, key.as_bytes(), &format!("?{query}="));
     }
@@ -394,7 +393,7 @@ fn capture_one_request() -> (u16, std::sync::mpsc::Receiver<Vec<u8>>) {
         let Ok((mut stream, _)) = listener.accept() else {
             return;
         };
-        stream.set_read_timeout(Some(serve_support::WAIT)).unwrap();
+        stream.set_read_timeout(Some(support::WAIT)).unwrap();
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         // The head, then as much body as Content-Length says.
@@ -445,7 +444,7 @@ fn the_key_is_not_forwarded_to_an_http_upstream() {
     assert_initialized(&response, "through the URL workload");
 
     let request = captured
-        .recv_timeout(serve_support::WAIT)
+        .recv_timeout(support::WAIT)
         .expect("the upstream got no request");
     let text = String::from_utf8_lossy(&request).to_ascii_lowercase();
     assert!(text.starts_with("post /mcp "), "{text}");

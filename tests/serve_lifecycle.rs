@@ -1,24 +1,24 @@
 //! `thv-actor serve` from start to stop: config errors, ports, the state
 //! file, `list`, `rm`, signals and child processes, with the real binary.
 
-mod common;
-#[path = "support/serve.rs"]
-mod serve_support;
+mod support;
 
 use std::time::Duration;
 
-use serve_support::{alive, answers, children, eventually, Request, Sandbox, WAIT};
+use support::http::Request;
+use support::serve::Sandbox;
+use support::{alive, answers, children, eventually, WAIT};
 
 /// A `[[workloads]]` table running the built-in demo server, plus `extra`
 /// lines.
 fn demo(name: &str, extra: &str) -> String {
     format!(
         "[[workloads]]\nname = \"{name}\"\ncommand = [\"{}\", \"demo-server\"]\n{extra}\n",
-        common::bin()
+        support::bin()
     )
 }
 
-fn initialize(port: u16, key: Option<&str>) -> serve_support::Response {
+fn initialize(port: u16, key: Option<&str>) -> support::http::Response {
     let mut request = Request::initialize(port);
     if let Some(key) = key {
         request = request.header("X-ToolHive-Auth", key);
@@ -31,7 +31,7 @@ fn config_errors_stop_start_up_naming_the_file_the_workload_and_the_field() {
     let sandbox = Sandbox::new("keyutils");
     let a = sandbox.name("cfg-a");
     let b = sandbox.name("cfg-b");
-    let bin = common::bin();
+    let bin = support::bin();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_port = taken.local_addr().unwrap().port();
 
@@ -130,7 +130,7 @@ fn a_workload_without_port_gets_the_same_port_after_a_restart() {
 
     let mut first = sandbox.serve(&args, 1);
     let port = first.port(&w);
-    assert!(first.terminate().success());
+    assert!(first.stop().expect("serve runs").success());
     assert!(
         eventually(WAIT, || !answers(port)),
         "port {port} still answers"
@@ -178,7 +178,7 @@ fn stale_state_of_a_killed_serve_is_replaced_by_the_next() {
 
     let mut first = sandbox.serve(&args, 1);
     let old_pid = first.pid();
-    first.kill9();
+    first.kill();
     assert!(state.exists(), "SIGKILL left no state file to be stale");
     assert_eq!(
         sandbox.list(),
@@ -200,7 +200,7 @@ fn list_json_shows_each_workload_and_an_empty_array_without_serve() {
     let sandbox = Sandbox::new("keyutils");
     assert_eq!(sandbox.list(), Vec::<serde_json::Value>::new());
     let empty = sandbox.run(&["list", "--json"]);
-    assert_eq!(common::stdout(&empty).trim(), "[]");
+    assert_eq!(support::stdout(&empty).trim(), "[]");
 
     let a = sandbox.name("list-a");
     let b = sandbox.name("list-b");
@@ -241,7 +241,7 @@ fn list_json_shows_each_workload_and_an_empty_array_without_serve() {
         assert_eq!(row["pid"], serve.pid());
     }
 
-    assert!(serve.terminate().success());
+    assert!(serve.stop().expect("serve runs").success());
     assert_eq!(sandbox.list(), Vec::<serde_json::Value>::new());
 }
 
@@ -257,7 +257,7 @@ fn rm_stops_the_workload_in_the_running_serve_and_deletes_its_keys() {
     sandbox.key(&a);
 
     let out = sandbox.run(&["rm", &a]);
-    common::ok(&out);
+    support::ok(&out);
 
     assert!(
         eventually(WAIT, || !answers(port_a)),
@@ -275,7 +275,7 @@ fn rm_stops_the_workload_in_the_running_serve_and_deletes_its_keys() {
         Some(1),
         "the removed workload kept its key"
     );
-    assert!(common::stdout(&show).is_empty());
+    assert!(support::stdout(&show).is_empty());
 
     // The other workload is untouched.
     assert_eq!(initialize(serve.port(&b), Some(&key_b)).status, 200);
@@ -355,7 +355,7 @@ fn sigterm_exits_zero_and_removes_the_state_and_the_child_processes() {
     kids.dedup();
     assert!(kids.len() >= 2, "expected demo-server children: {kids:?}");
 
-    let status = serve.terminate();
+    let status = serve.stop().expect("serve runs");
     assert_eq!(status.code(), Some(0), "stderr:\n{}", serve.stderr());
     assert!(!state.exists(), "serve.json left behind");
     assert!(
@@ -405,7 +405,7 @@ fn inject_key_env_gives_only_that_child_the_key() {
     let sandbox = Sandbox::new("keyutils");
     let with = sandbox.name("inject");
     let without = sandbox.name("plain");
-    let bin = common::bin();
+    let bin = support::bin();
     let with_file = sandbox.path("with.txt");
     let without_file = sandbox.path("without.txt");
     let workload = |name: &str, file: &std::path::Path, inject: bool| {
@@ -472,7 +472,7 @@ fn serve_name_with_a_command_or_a_url_serves_one_workload() {
     // `--name x -- <cmd>`: a stdio workload from the command line.
     let with_command = Sandbox::new("keyutils");
     let x = with_command.name("cli-cmd");
-    let serve_x = with_command.serve(&["--name", &x, "--", common::bin(), "demo-server"], 1);
+    let serve_x = with_command.serve(&["--name", &x, "--", support::bin(), "demo-server"], 1);
     let key_x = with_command.key(&x);
     let response = initialize(serve_x.port(&x), Some(&key_x));
     assert_eq!(response.status, 200, "{}", response.text());
@@ -517,9 +517,9 @@ fn serve_name_with_a_command_or_a_url_serves_one_workload() {
     ]);
     assert!(!both.status.success());
     assert!(
-        common::stderr(&both).contains("--url"),
+        support::stderr(&both).contains("--url"),
         "{}",
-        common::stderr(&both)
+        support::stderr(&both)
     );
 }
 
@@ -533,7 +533,7 @@ fn sigterm_is_not_held_up_by_a_keychain_scan() {
             let sandbox = &sandbox;
             scope.spawn(move || {
                 for name in chunk {
-                    common::ok(&sandbox.run(&["key", "create", name]));
+                    support::ok(&sandbox.run(&["key", "create", name]));
                 }
             });
         }
@@ -543,7 +543,7 @@ fn sigterm_is_not_held_up_by_a_keychain_scan() {
     let config = sandbox.config(&demo(&w, ""));
     let mut serve = sandbox.serve(&["--config", config.to_str().unwrap()], 1);
     let started = std::time::Instant::now();
-    let status = serve.terminate();
+    let status = serve.stop().expect("serve runs");
     let took = started.elapsed();
     assert_eq!(status.code(), Some(0));
     // terminate() pauses 300 ms first; a responsive loop exits in well under 1 s more.

@@ -2,16 +2,13 @@
 //! serve` to real MCP servers: `mcp-server-time` over stdio and
 //! `@modelcontextprotocol/server-everything` over streamable HTTP and SSE.
 
-mod common;
-#[path = "support/serve.rs"]
-mod serve_support;
+mod support;
 
-use std::process::{Child, Command, Stdio};
-
-use serve_support::{
-    answers, eventually, free_port, mcp_client, mcp_client_cmd, parse_client_output, run_bounded,
-    test_env, texts, Sandbox, Serve, WAIT,
+use support::peers::{
+    mcp_client, mcp_client_cmd, parse_client_output, test_env, texts, Everything,
 };
+use support::run_bounded;
+use support::serve::{Sandbox, Serve};
 
 /// A serve with one `mcp-server-time` workload.
 fn time_serve(keystore: &'static str) -> (Sandbox, Serve, String) {
@@ -181,53 +178,6 @@ fn two_clients_at_once_on_one_stdio_workload_each_get_only_their_own_answers() {
     }
 }
 
-/// `server-everything` in one of its HTTP modes on a free loopback port;
-/// killed on drop.
-struct Everything {
-    child: Child,
-    port: u16,
-}
-
-impl Everything {
-    fn start(mode: &str) -> Everything {
-        let script = test_env()
-            .join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-        assert!(
-            script.exists(),
-            "{} missing: run ./scripts/test",
-            script.display()
-        );
-        let port = free_port();
-        let child = Command::new("node")
-            .arg(&script)
-            .arg(mode)
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node (scripts/setup installs it)");
-        let mut everything = Everything { child, port };
-        assert!(
-            eventually(WAIT, || answers(port)
-                || everything.child.try_wait().ok().flatten().is_some()),
-            "server-everything {mode} did not listen on {port}"
-        );
-        assert!(
-            everything.child.try_wait().unwrap().is_none(),
-            "server-everything {mode} exited"
-        );
-        everything
-    }
-}
-
-impl Drop for Everything {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A serve with one URL workload pointing at `upstream`.
 fn url_serve(upstream: &str, transport: &str) -> (Sandbox, Serve, String) {
     let sandbox = Sandbox::new("keyutils");
@@ -273,7 +223,7 @@ fn everything_round_trip(venv: &str, url: &str, key: &str, transport: &str, serv
 
 #[test]
 fn python_sdks_reach_server_everything_over_streamable_http_through_serve() {
-    let everything = Everything::start("streamableHttp");
+    let everything = Everything::start();
     let (sandbox, serve, w) = url_serve(
         &format!("http://127.0.0.1:{}/mcp", everything.port),
         "streamable-http",
@@ -289,7 +239,7 @@ fn python_sdks_reach_server_everything_over_streamable_http_through_serve() {
 
 #[test]
 fn python_sdk_reaches_server_everything_over_sse_through_serve() {
-    let everything = Everything::start("sse");
+    let everything = Everything::start_sse();
     let (sandbox, serve, w) =
         url_serve(&format!("http://127.0.0.1:{}/sse", everything.port), "sse");
     let url = serve.url(&w);

@@ -1,31 +1,22 @@
-//! Helpers for the `thv-actor bridge` end-to-end tests: a private HOME, a
-//! real `thv-actor serve` on it, the bridge as an MCP client launches it
-//! (the reduced environment), the real server-everything over HTTP, and the
-//! Python and TypeScript SDK clients.
+//! `thv-actor bridge` as an MCP client launches it (the reduced
+//! environment, JSON-RPC lines on stdio), driven by hand with [`Bridge`] or
+//! by the real Python and TypeScript SDK clients.
 //!
 //! Every wait here is bounded; a helper that times out panics with what it
-//! was waiting for and the logs that explain it. Processes are stopped when
-//! their guard drops (serve with SIGTERM, the others killed).
-//!
-//! Include with `#[path = "support/bridge.rs"] mod bridge_support;` next to
-//! `mod common;`.
+//! was waiting for and the bridge's stderr. The bridge is killed when its
+//! guard drops.
 
-#![allow(dead_code)]
-
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common;
-
-/// The longest any single step of these tests waits.
-pub const WAIT: Duration = Duration::from_secs(30);
+use super::peers::test_env;
+use super::WAIT;
 
 /// The environment an MCP client gives a stdio server on Unix (the SDKs'
 /// default inherited variables), with HOME pointing at `home`.
@@ -40,310 +31,6 @@ pub fn client_env(cmd: &mut Command, home: &Path) {
     // them when they are there, so give them the usual values.
     if std::env::var_os("USER").is_none() {
         cmd.env("USER", "root").env("LOGNAME", "root");
-    }
-}
-
-/// `$THV_TEST_ENV`: the MCP peers `scripts/setup` installs.
-pub fn testenv() -> PathBuf {
-    common::require_setup();
-    let dir = std::env::var_os("THV_TEST_ENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| common::repo().join(".testenv"));
-    assert!(
-        dir.join("py2/bin/python").exists(),
-        "{} has no py2 venv: run ./scripts/test",
-        dir.display()
-    );
-    dir
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Runs `cmd` to completion within `limit`, killing it when it overruns.
-pub fn run_bounded(mut cmd: Command, limit: Duration, what: &str) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err.join().unwrap();
-            panic!(
-                "{what} did not finish within {limit:?}; stderr:\n{}",
-                String::from_utf8_lossy(&stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = from.read_to_end(&mut bytes);
-        bytes
-    })
-}
-
-/// Lines of a child's output, read on a thread, handed over a channel.
-fn line_reader(from: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// A private HOME with serve's state under it, and the keystore everything
-/// started here uses. Deletes the keys of every workload it named when
-/// dropped.
-pub struct Home {
-    dir: tempfile::TempDir,
-    pub keystore: &'static str,
-    workloads: Mutex<Vec<String>>,
-}
-
-impl Home {
-    pub fn new(keystore: &'static str) -> Home {
-        common::require_setup();
-        Home {
-            dir: tempfile::tempdir().unwrap(),
-            keystore,
-            workloads: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// A unique workload name whose keys are deleted at the end.
-    pub fn workload(&self, tag: &str) -> String {
-        let name = common::unique(tag);
-        self.workloads.lock().unwrap().push(name.clone());
-        name
-    }
-
-    /// `thv-actor <args>` as the user's shell runs it: HOME here, the
-    /// keystore named, the test's D-Bus address.
-    pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(common::bin());
-        cmd.args(args)
-            .env("HOME", self.path())
-            .env("THV_ACTOR_KEYSTORE", self.keystore)
-            .env_remove("THV_ACTOR_STATE_DIR")
-            .env_remove("THV_ACTOR_CONFIG")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    /// Runs `thv-actor <args>` to completion (bounded).
-    pub fn run(&self, args: &[&str]) -> Output {
-        run_bounded(self.cmd(args), WAIT, &format!("thv-actor {args:?}"))
-    }
-
-    /// Writes a serve config with these `[[workloads]]` blocks.
-    pub fn write_config(&self, blocks: &[String]) -> PathBuf {
-        let path = self.path().join("config.toml");
-        std::fs::write(&path, blocks.join("\n")).unwrap();
-        path
-    }
-}
-
-impl Drop for Home {
-    fn drop(&mut self) {
-        for w in self.workloads.lock().unwrap().drain(..) {
-            let mut cmd = self.cmd(&["key", "delete", &w]);
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            if let Ok(mut child) = cmd.spawn() {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn toml_str(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
-/// A `[[workloads]]` block for a stdio server serve spawns.
-pub fn stdio_workload(name: &str, argv: &[&str]) -> String {
-    let argv: Vec<String> = argv.iter().map(|a| toml_str(a)).collect();
-    format!(
-        "[[workloads]]\nname = {}\ncommand = [{}]\n",
-        toml_str(name),
-        argv.join(", ")
-    )
-}
-
-/// A `[[workloads]]` block for a streamable HTTP server at `url`.
-pub fn url_workload(name: &str, url: &str) -> String {
-    format!(
-        "[[workloads]]\nname = {}\nurl = {}\ntransport = \"streamable-http\"\n",
-        toml_str(name),
-        toml_str(url)
-    )
-}
-
-/// The built-in demo server as a workload's command.
-pub fn demo_workload(name: &str) -> String {
-    stdio_workload(name, &[common::bin(), "demo-server"])
-}
-
-/// A running `thv-actor serve` on a [`Home`]'s state, stopped with SIGTERM
-/// when dropped.
-pub struct Serve {
-    child: Option<Child>,
-    log: PathBuf,
-    urls: BTreeMap<String, String>,
-}
-
-impl Serve {
-    /// Starts serve with `config` and waits (bounded) until it has printed
-    /// the line of every workload in `names`.
-    pub fn start(home: &Home, config: &Path, names: &[&str]) -> Serve {
-        Serve::start_with(home, config, names, &[])
-    }
-
-    /// [`Serve::start`] with extra environment variables.
-    pub fn start_with(home: &Home, config: &Path, names: &[&str], env: &[(&str, &str)]) -> Serve {
-        static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let log = home.path().join(format!("serve-{n}.log"));
-        let log_file = std::fs::File::create(&log).unwrap();
-
-        let mut cmd = home.cmd(&["serve", "--config", config.to_str().unwrap()]);
-        cmd.envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        let mut child = cmd.spawn().expect("spawn thv-actor serve");
-        let lines = line_reader(child.stdout.take().unwrap());
-
-        let mut serve = Serve {
-            child: Some(child),
-            log,
-            urls: BTreeMap::new(),
-        };
-        let deadline = Instant::now() + WAIT;
-        while serve.urls.len() < names.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left.max(Duration::from_millis(1))) {
-                Ok(line) => {
-                    // `<name>  <url>  (connect an MCP client with: ...)`
-                    let mut parts = line.split("  ");
-                    if let (Some(name), Some(url)) = (parts.next(), parts.next()) {
-                        if names.contains(&name) && parts.next().is_some_and(|r| r.starts_with('('))
-                        {
-                            serve.urls.insert(name.to_owned(), url.to_owned());
-                        }
-                    }
-                }
-                Err(_) => panic!(
-                    "serve did not print its workloads {names:?} within {WAIT:?} \
-                     (printed {:?}); log:\n{}",
-                    serve.urls,
-                    serve.log()
-                ),
-            }
-        }
-        serve
-    }
-
-    /// The URL serve printed for `name`.
-    pub fn url(&self, name: &str) -> &str {
-        &self.urls[name]
-    }
-
-    /// serve's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("serve runs").id()
-    }
-
-    /// serve's stderr so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits (bounded) until serve's log contains `needle`.
-    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.log().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.log().contains(needle)
-    }
-
-    /// SIGTERM, then waits (bounded; SIGKILL after) for the exit.
-    pub fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        unsafe {
-            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "serve did not stop within 15 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -363,19 +50,22 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    pub fn spawn(home: &Home, workload: &str, args: &[&str]) -> Bridge {
+    /// Starts `thv-actor bridge <workload> <args>` with HOME = `home`
+    /// (a path, or a [`super::serve::Sandbox`]); stderr goes to a file there.
+    pub fn spawn(home: impl AsRef<Path>, workload: &str, args: &[&str]) -> Bridge {
         static SPAWNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SPAWNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let stderr = home.path().join(format!("bridge-{n}.log"));
+        let home = home.as_ref();
+        let stderr = home.join(format!("bridge-{n}.log"));
 
-        let mut cmd = Command::new(common::bin());
+        let mut cmd = Command::new(super::bin());
         cmd.arg("bridge").arg(workload).args(args);
-        client_env(&mut cmd, home.path());
+        client_env(&mut cmd, home);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()));
         let mut child = cmd.spawn().expect("spawn thv-actor bridge");
-        let lines = line_reader(child.stdout.take().unwrap());
+        let lines = super::line_reader(child.stdout.take().unwrap());
         Bridge {
             stdin: child.stdin.take(),
             child,
@@ -484,16 +174,7 @@ impl Bridge {
 
     /// Waits (bounded) for the bridge to exit.
     pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait_bounded(&mut self.child, limit)
     }
 
     /// Every stdout line left until EOF (bounded), checked as JSON.
@@ -525,96 +206,44 @@ pub fn tool_text(answer: &Value) -> &str {
         .unwrap_or_else(|| panic!("not a tool result with text: {answer}"))
 }
 
-/// server-everything in streamable HTTP mode on a free loopback port,
-/// killed when dropped.
-pub struct Everything {
-    child: Child,
-    pub port: u16,
-}
-
-impl Everything {
-    pub fn start() -> Everything {
-        let entry = testenv()
-            .join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
-        assert!(
-            entry.exists(),
-            "{} is missing: run ./scripts/test",
-            entry.display()
-        );
-        let port = free_port();
-        let child = Command::new("node")
-            .arg(&entry)
-            .arg("streamableHttp")
-            .env("PORT", port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn node (server-everything)");
-        let mut everything = Everything { child, port };
-
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = everything.child.try_wait().unwrap() {
-                panic!("server-everything exited at start: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server-everything did not listen on {port} within {WAIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        everything
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/mcp", self.port)
-    }
-}
-
-impl Drop for Everything {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `tools/call` of the demo server's echo tool.
+pub fn echo_call(id: u64, message: &str) -> Value {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": message}}
+    })
 }
 
 /// Runs `tests/python/bridge_client.py` with the SDK of `venv` (`py2` or
 /// `py1`) against `workload`, and returns its report. The Python process
 /// gets only the client environment, so the SDK's default env for the
 /// bridge holds HOME = `home` and nothing from the test's own environment.
-pub fn python_client(home: &Home, venv: &str, workload: &str, plan: &Value) -> Value {
-    let python = testenv().join(venv).join("bin/python");
-    let script = common::repo().join("tests/python/bridge_client.py");
+pub fn python_client(home: impl AsRef<Path>, venv: &str, workload: &str, plan: &Value) -> Value {
+    let python = test_env().join(venv).join("bin/python");
+    let script = super::repo().join("tests/python/bridge_client.py");
     let mut cmd = Command::new(&python);
     cmd.arg(&script)
-        .arg(common::bin())
+        .arg(super::bin())
         .arg(workload)
         .arg(plan.to_string());
-    client_env(&mut cmd, home.path());
-    report(
-        run_bounded(cmd, Duration::from_secs(90), &format!("{venv} client")),
-        venv,
-    )
+    client_env(&mut cmd, home.as_ref());
+    report(super::run_bounded(cmd, Duration::from_secs(90)), venv)
 }
 
 /// Runs `tests/node/bridge_client.mjs` (the TypeScript SDK) against
 /// `workload`: initialize, tools/list, one tools/call.
-pub fn node_client(home: &Home, workload: &str, tool: &str, args: &Value) -> Value {
-    let modules = testenv().join("node/node_modules");
-    let script = common::repo().join("tests/node/bridge_client.mjs");
+pub fn node_client(home: impl AsRef<Path>, workload: &str, tool: &str, args: &Value) -> Value {
+    let modules = test_env().join("node/node_modules");
+    let script = super::repo().join("tests/node/bridge_client.mjs");
     let mut cmd = Command::new("node");
     cmd.arg(&script)
         .arg(&modules)
-        .arg(common::bin())
+        .arg(super::bin())
         .arg(workload)
         .arg(tool)
         .arg(args.to_string());
-    client_env(&mut cmd, home.path());
-    report(
-        run_bounded(cmd, Duration::from_secs(60), "node client"),
-        "node",
-    )
+    client_env(&mut cmd, home.as_ref());
+    report(super::run_bounded(cmd, Duration::from_secs(60)), "node")
 }
 
 fn report(out: Output, who: &str) -> Value {
