@@ -121,26 +121,32 @@ pub fn run(keystore: Option<String>, plan: Plan) -> Result<std::process::ExitCod
     let mut config = BridgeConfig::new(name.clone(), url, transport);
     config.connect_wait = plan.connect_wait;
 
-    let outcome = actix::System::new().block_on(async move {
-        let backend = actix_web::rt::task::spawn_blocking(move || Backend::open(choice))
-            .await
-            .map_err(|_| CliError::new("keystore probe panicked"))??;
-        let store = KeyStore::start(backend)?;
-        let keys = Box::new(KeychainKeys {
-            store,
-            workload: plan.workload,
-        });
-        thv_bridge::run_stdio(config, keys)
-            .await
-            .map_err(|e| CliError::new(e.to_string()))
-    });
+    actix::System::new().block_on(async move {
+        let outcome = async {
+            let backend = actix_web::rt::task::spawn_blocking(move || Backend::open(choice))
+                .await
+                .map_err(|_| CliError::new("keystore probe panicked"))??;
+            let store = KeyStore::start(backend)?;
+            let keys = Box::new(KeychainKeys {
+                store,
+                workload: plan.workload,
+            });
+            thv_bridge::run_stdio(config, keys)
+                .await
+                .map_err(|e| CliError::new(e.to_string()))
+        }
+        .await;
 
-    // stdin is read on a blocking thread that a signal does not end; leave
-    // without waiting for it.
-    match outcome {
-        Ok(()) => std::process::exit(0),
-        Err(err) => Err(err),
-    }
+        // stdin is read on a blocking thread that a signal does not end,
+        // and dropping the runtime would wait for it: leave from here.
+        match outcome {
+            Ok(()) => std::process::exit(0),
+            Err(err) => {
+                eprintln!("thv-actor: error: {err}");
+                std::process::exit(i32::from(err.code))
+            }
+        }
+    })
 }
 
 /// Reads the workload's key through the KeyStore actor.

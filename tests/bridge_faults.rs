@@ -311,6 +311,45 @@ fn stdin_eof_exits_zero_and_deletes_the_session() {
 }
 
 #[test]
+fn sigterm_delivers_the_answer_in_flight_deletes_the_session_and_exits_zero() {
+    let (_home, serve, _name, mut bridge) = demo_session("term");
+    let ended_before = count(&serve.stderr(), "session ended by the client");
+
+    // A call that takes a while (progress steps), then SIGTERM while it runs.
+    bridge.send(&json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "progress", "arguments": {"steps": 5}, "_meta": {"progressToken": "t"}}
+    }));
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: kill(2) on the bridge we spawned; no memory is involved.
+    assert_eq!(unsafe { libc::kill(bridge.pid() as i32, libc::SIGTERM) }, 0);
+
+    let answer = bridge.response(&json!(7), Duration::from_secs(15));
+    assert!(
+        answer.get("result").is_some(),
+        "the call in flight was not answered: {answer}"
+    );
+    let status = bridge
+        .wait(Duration::from_secs(15))
+        .expect("bridge did not exit after SIGTERM");
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{}",
+        bridge.stderr()
+    );
+    assert!(
+        bridge.stderr().contains("session deleted"),
+        "{}",
+        bridge.stderr()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&serve.stderr(), "session ended by the client") == ended_before {
+        assert!(Instant::now() < deadline, "serve never saw the session end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn stdout_carries_only_json_lines_and_logs_go_to_stderr() {
     let (_home, _serve, _name, mut bridge) = demo_session("stdout");
 
