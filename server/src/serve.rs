@@ -241,6 +241,7 @@ async fn serve_until_signal(
                 ControlCommand::Invalidate { workload } => {
                     tracing::debug!(workload = %workload, "keys changed elsewhere; dropping cached keys");
                     shared.validators.invalidate(Some(&workload));
+                    warn_stale_injected_key(shared, &workload);
                 }
                 #[cfg(feature = "fault-injection")]
                 ControlCommand::InjectFault { target } => {
@@ -324,11 +325,31 @@ async fn maintain(shared: &Arc<Shared>) {
                     "scheduled key rotation"
                 );
                 shared.validators.invalidate(Some(&workload.name));
+                warn_stale_injected_key(shared, &workload.name);
             }
             Err(err) => {
                 tracing::warn!(workload = %workload.name, error = %err, "scheduled rotation failed")
             }
         }
+    }
+}
+
+/// A workload with `inject_key_env` got its key once, when serve started it.
+// TODO: hand new processes the rotated key (the stdio host takes the key
+// at start; it needs a slot serve can replace, and its warm spare retired).
+fn warn_stale_injected_key(shared: &Arc<Shared>, workload: &WorkloadName) {
+    let injected = shared
+        .options
+        .config
+        .workloads
+        .iter()
+        .any(|w| &w.name == workload && w.inject_key_env);
+    if injected {
+        tracing::warn!(
+            workload = %workload,
+            "the key changed, but this workload's processes keep the TOOLHIVE_SHARED_KEY \
+             they were started with until serve restarts"
+        );
     }
 }
 
