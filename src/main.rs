@@ -18,6 +18,11 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command};
 
+/// mimalloc instead of glibc malloc: the proxy allocates and frees a few small
+/// buffers per forwarded request, and malloc/free were ~8 % of serve's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, cli.command.default_log_level());

@@ -27,6 +27,9 @@ pub enum ControlCommand {
     Invalidate {
         /// The workload.
         workload: WorkloadName,
+        /// Answered once every Validator has been told, so that a request
+        /// the caller sends next meets the emptied cache.
+        reply_tx: oneshot::Sender<()>,
     },
     /// Stop the workload and delete its keys.
     Remove {
@@ -41,6 +44,8 @@ pub enum ControlCommand {
     InjectFault {
         /// `keystore` or `validator`.
         target: String,
+        /// Answered once the fault is armed.
+        reply_tx: oneshot::Sender<()>,
     },
 }
 
@@ -62,8 +67,12 @@ pub fn configure(
                 };
                 match op.as_str() {
                     "invalidate" => {
-                        let _ = tx.send(ControlCommand::Invalidate { workload }).await;
-                        HttpResponse::Ok().body("invalidated")
+                        let (reply_tx, reply_rx) = oneshot::channel();
+                        let _ = tx.send(ControlCommand::Invalidate { workload, reply_tx }).await;
+                        match reply_rx.await {
+                            Ok(()) => HttpResponse::Ok().body("invalidated"),
+                            Err(_) => HttpResponse::ServiceUnavailable().body("serve is stopping"),
+                        }
                     }
                     "remove" => {
                         let (reply_tx, reply_rx) = oneshot::channel();
@@ -80,8 +89,12 @@ pub fn configure(
                     #[cfg(feature = "fault-injection")]
                     "fault-keystore" | "fault-validator" => {
                         let target = op.trim_start_matches("fault-").to_owned();
-                        let _ = tx.send(ControlCommand::InjectFault { target }).await;
-                        HttpResponse::Ok().body("armed")
+                        let (reply_tx, reply_rx) = oneshot::channel();
+                        let _ = tx.send(ControlCommand::InjectFault { target, reply_tx }).await;
+                        match reply_rx.await {
+                            Ok(()) => HttpResponse::Ok().body("armed"),
+                            Err(_) => HttpResponse::ServiceUnavailable().body("serve is stopping"),
+                        }
                     }
                     _ => HttpResponse::NotFound().body("unknown command"),
                 }

@@ -9,7 +9,8 @@ use actix_web::body::EitherBody;
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{HOST, ORIGIN};
 use actix_web::http::StatusCode;
-use futures_util::future::{Either, LocalBoxFuture};
+use futures_util::future::{Either, Map};
+use futures_util::FutureExt;
 
 use crate::jsonrpc;
 
@@ -111,8 +112,12 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
+    /// Admitted requests run the inner future as it is, without boxing it.
     type Future = Either<
-        LocalBoxFuture<'static, Result<Self::Response, Self::Error>>,
+        Map<
+            S::Future,
+            fn(Result<ServiceResponse<B>, actix_web::Error>) -> Result<Self::Response, Self::Error>,
+        >,
         Ready<Result<Self::Response, Self::Error>>,
     >;
 
@@ -135,10 +140,7 @@ where
             );
             return Either::Right(ready(Ok(req.into_response(response).map_into_right_body())));
         }
-        let fut = self.service.call(req);
-        Either::Left(Box::pin(async move {
-            fut.await.map(ServiceResponse::map_into_left_body)
-        }))
+        Either::Left(self.service.call(req).map(into_left))
     }
 }
 
@@ -231,6 +233,13 @@ fn is_port_suffix(rest: &str) -> bool {
         || rest
             .strip_prefix(':')
             .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The admitted branch's response, in the body type both branches share.
+pub(crate) fn into_left<B>(
+    res: Result<ServiceResponse<B>, actix_web::Error>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    res.map(ServiceResponse::map_into_left_body)
 }
 
 #[cfg(test)]

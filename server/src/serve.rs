@@ -238,19 +238,21 @@ async fn serve_until_signal(
                 }
             }
             Some(command) = commands_rx.recv() => match command {
-                ControlCommand::Invalidate { workload } => {
+                ControlCommand::Invalidate { workload, reply_tx } => {
                     tracing::debug!(workload = %workload, "keys changed elsewhere; dropping cached keys");
                     shared.validators.invalidate(Some(&workload));
                     warn_stale_injected_key(shared, &workload);
+                    let _ = reply_tx.send(());
                 }
                 #[cfg(feature = "fault-injection")]
-                ControlCommand::InjectFault { target } => {
+                ControlCommand::InjectFault { target, reply_tx } => {
                     tracing::warn!(target = %target, "fault injection armed");
                     if target == "keystore" {
                         let _ = shared.keystore.send(thv_actors::InjectBackendPanic).await;
                     } else {
                         shared.validators.inject_panic();
                     }
+                    let _ = reply_tx.send(());
                 }
                 ControlCommand::Remove { workload, reply_tx } => {
                     let answer = remove(shared, running, ports, &workload).await;

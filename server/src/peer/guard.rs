@@ -14,7 +14,8 @@ use actix_web::dev::{
     forward_ready, Extensions, Service, ServiceRequest, ServiceResponse, Transform,
 };
 use actix_web::http::StatusCode;
-use futures_util::future::{Either, LocalBoxFuture};
+use futures_util::future::{Either, Map};
+use futures_util::FutureExt;
 use thv_actors::WorkloadName;
 
 use super::{describe_pid, pid_of_inode, tcp_peer, PeerDecision, PeerIdentity, PeerPolicy};
@@ -160,8 +161,12 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
+    /// Admitted requests run the inner future as it is, without boxing it.
     type Future = Either<
-        LocalBoxFuture<'static, Result<Self::Response, Self::Error>>,
+        Map<
+            S::Future,
+            fn(Result<ServiceResponse<B>, actix_web::Error>) -> Result<Self::Response, Self::Error>,
+        >,
         Ready<Result<Self::Response, Self::Error>>,
     >;
 
@@ -179,10 +184,7 @@ where
                     outcome = "admitted",
                     "peer admitted"
                 );
-                let fut = self.service.call(req);
-                Either::Left(Box::pin(async move {
-                    fut.await.map(ServiceResponse::map_into_left_body)
-                }))
+                Either::Left(self.service.call(req).map(crate::guard::into_left))
             }
             PeerDecision::Refuse { reason } => {
                 let identity = identity.clone();
