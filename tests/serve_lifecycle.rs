@@ -450,6 +450,49 @@ fn inject_key_env_gives_only_that_child_the_key() {
 }
 
 #[test]
+fn a_rotated_key_reaches_inject_key_env_processes_started_after_it() {
+    let sandbox = Sandbox::new("keyutils");
+    let w = sandbox.name("reinject");
+    let bin = support::bin();
+    let file = sandbox.path("key.txt");
+    // Every process of the workload writes the key it was started with.
+    let config = sandbox.config(&format!(
+        "[[workloads]]\nname = \"{w}\"\ncommand = [\"sh\", \"-c\", \
+         'echo \"$TOOLHIVE_SHARED_KEY\" > {}; exec {bin} demo-server']\n\
+         inject_key_env = true\n",
+        file.display()
+    ));
+    let serve = sandbox.serve(&["--config", config.to_str().unwrap()], 1);
+    let first = sandbox.key(&w);
+    let written = || {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .trim_end()
+            .to_owned()
+    };
+    assert!(
+        eventually(WAIT, || written() == first),
+        "the first process got another value"
+    );
+
+    // The rotation retires the warm spare; its replacement gets the new key.
+    let rotated = sandbox.run(&["key", "rotate", &w, "--overlap", "60s"]);
+    assert!(rotated.status.success());
+    let second = sandbox.key(&w);
+    assert_ne!(first, second);
+    assert!(
+        eventually(WAIT, || written() == second),
+        "no new process got the rotated key; it holds {}",
+        if written() == first {
+            "the old key"
+        } else {
+            "something else"
+        }
+    );
+    assert_eq!(initialize(serve.port(&w), Some(&second)).status, 200);
+}
+
+#[test]
 fn a_config_at_the_default_path_is_picked_up() {
     let sandbox = Sandbox::new("keyutils");
     let w = sandbox.name("default");

@@ -97,6 +97,9 @@ struct Shared {
     keystore: Addr<KeyStore>,
     validators: Validators,
     options: ServeOptions,
+    /// The stdio hosts of `inject_key_env` workloads, which need the key
+    /// again after a rotation.
+    injected: std::sync::Mutex<BTreeMap<WorkloadName, StdioHost>>,
 }
 
 /// Runs serve until SIGINT or SIGTERM: starts every workload, publishes the
@@ -123,6 +126,7 @@ pub async fn run(options: ServeOptions) -> Result<(), Error> {
         keystore: KeyStore::start(backend)?,
         validators: Validators::new(),
         options,
+        injected: Default::default(),
     });
 
     let mut ports = Ports::load(&dir);
@@ -241,8 +245,9 @@ async fn serve_until_signal(
                 ControlCommand::Invalidate { workload, reply_tx } => {
                     tracing::debug!(workload = %workload, "keys changed elsewhere; dropping cached keys");
                     shared.validators.invalidate(Some(&workload));
-                    warn_stale_injected_key(shared, &workload);
                     let _ = reply_tx.send(());
+                    let shared = shared.clone();
+                    actix_web::rt::spawn(async move { refresh_injected_key(&shared, &workload).await });
                 }
                 #[cfg(feature = "fault-injection")]
                 ControlCommand::InjectFault { target, reply_tx } => {
@@ -327,7 +332,7 @@ async fn maintain(shared: &Arc<Shared>) {
                     "scheduled key rotation"
                 );
                 shared.validators.invalidate(Some(&workload.name));
-                warn_stale_injected_key(shared, &workload.name);
+                refresh_injected_key(shared, &workload.name).await;
             }
             Err(err) => {
                 tracing::warn!(workload = %workload.name, error = %err, "scheduled rotation failed")
@@ -336,22 +341,34 @@ async fn maintain(shared: &Arc<Shared>) {
     }
 }
 
-/// A workload with `inject_key_env` got its key once, when serve started it.
-// TODO: hand new processes the rotated key (the stdio host takes the key
-// at start; it needs a slot serve can replace, and its warm spare retired).
-fn warn_stale_injected_key(shared: &Arc<Shared>, workload: &WorkloadName) {
-    let injected = shared
-        .options
-        .config
-        .workloads
-        .iter()
-        .any(|w| &w.name == workload && w.inject_key_env);
-    if injected {
-        tracing::warn!(
+/// After a rotation, gives an `inject_key_env` workload's new processes the
+/// new key.
+async fn refresh_injected_key(shared: &Arc<Shared>, workload: &WorkloadName) {
+    let host = shared
+        .injected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(workload)
+        .cloned();
+    let Some(host) = host else { return };
+
+    let asked = GetKeys {
+        workload: workload.clone(),
+    };
+    match ask(&shared.keystore, asked).await {
+        Ok(keys) => {
+            host.replace_injected_key(Zeroizing::new(keys.current.expose_encoded().to_string()));
+            tracing::warn!(
+                workload = %workload,
+                "the key changed: processes started from now on get the new TOOLHIVE_SHARED_KEY; \
+                 those already running keep the one they were started with"
+            );
+        }
+        Err(err) => tracing::warn!(
             workload = %workload,
-            "the key changed, but this workload's processes keep the TOOLHIVE_SHARED_KEY \
-             they were started with until serve restarts"
-        );
+            error = %err,
+            "cannot read the rotated key for TOOLHIVE_SHARED_KEY"
+        ),
     }
 }
 
@@ -365,6 +382,11 @@ async fn remove(
         return Ok(false);
     };
     stop(r).await;
+    shared
+        .injected
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(workload);
     ask(
         &shared.keystore,
         DeleteKeys {
@@ -455,6 +477,10 @@ async fn start_workload(
                 inject_key,
             })
             .map_err(|e| fail(with_causes(&e)))?;
+            if workload.inject_key_env && workload.shared_key_auth {
+                let mut injected = shared.injected.lock().unwrap_or_else(|p| p.into_inner());
+                injected.insert(name.clone(), host.clone());
+            }
             ("/mcp", Some(host.clone()), Target::Stdio(host))
         }
         Upstream::Url {

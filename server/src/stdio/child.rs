@@ -32,7 +32,9 @@ pub(crate) struct ChildConfig {
     pub workload: WorkloadName,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
-    pub inject_key: Option<Zeroizing<String>>,
+    /// The key new processes get as `TOOLHIVE_SHARED_KEY`; serve replaces
+    /// it after a rotation.
+    pub inject_key: Option<std::sync::Arc<std::sync::RwLock<Zeroizing<String>>>>,
 }
 
 /// A running (or exited) child. Dropping the last handle does not kill it;
@@ -148,6 +150,7 @@ pub(crate) fn spawn(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(key) = &config.inject_key {
+        let key = key.read().unwrap_or_else(|p| p.into_inner());
         command.env("TOOLHIVE_SHARED_KEY", key.as_str());
     }
 

@@ -215,7 +215,9 @@ impl StdioHost {
             workload: spec.workload.clone(),
             command: spec.command,
             env: spec.env,
-            inject_key: spec.inject_key,
+            inject_key: spec
+                .inject_key
+                .map(|key| Arc::new(std::sync::RwLock::new(key))),
         };
         let registry = Arc::new(Registry::default());
         let backoff = Arc::new(Backoff::default());
@@ -274,6 +276,32 @@ impl StdioHost {
             tracing::error!(target: TARGET, workload = %self.inner.workload, "mcp server processes did not exit in time");
         }
         tracing::info!(target: TARGET, workload = %self.inner.workload, "stdio workload stopped");
+    }
+
+    /// Gives processes started from now on `key` as `TOOLHIVE_SHARED_KEY`
+    /// (after a rotation), and retires the warm spare, which was started
+    /// with the old one. Does nothing for a workload started without
+    /// `inject_key`.
+    ///
+    /// # Limitations
+    ///
+    /// Processes already serving a session, and the shared process of
+    /// stateless clients, keep the key they were started with: an
+    /// environment cannot be changed from outside a process.
+    pub fn replace_injected_key(&self, key: Zeroizing<String>) {
+        let Some(slot) = &self.inner.config.inject_key else {
+            return;
+        };
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = key;
+
+        // A spare being taken right now keeps the old key; the next one
+        // gets the new.
+        if let Ok(mut spare_rx) = self.inner.spare_rx.try_lock() {
+            if let Ok(spare) = spare_rx.try_recv() {
+                spare.child.terminate();
+            }
+        }
+        tracing::info!(target: TARGET, workload = %self.inner.workload, "new processes get the rotated key");
     }
 
     /// How many sessions are open.
