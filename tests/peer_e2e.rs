@@ -13,7 +13,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -22,6 +21,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::bridge::{echo_call, Bridge};
 use support::http::INITIALIZE;
+use support::other_user::other_user;
+use support::other_user::python;
 use support::peers::Everything;
 use support::serve::Serve;
 
@@ -33,58 +34,6 @@ const WAIT: Duration = Duration::from_secs(20);
 fn home() -> tempfile::TempDir {
     support::require_setup();
     tempfile::tempdir().unwrap()
-}
-
-fn our_uid() -> u32 {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() }
-}
-
-/// The uid and gid of `thv-peer-e2e`, creating the user when missing.
-fn other_user() -> (u32, u32) {
-    assert_eq!(
-        our_uid(),
-        0,
-        "this test needs root: it creates the system user {OTHER_USER} and runs a client as it \
-         (run the test suite as root, as CI does)"
-    );
-
-    // Test processes run in parallel: one creates the user while the others
-    // wait, or two useradd runs could race.
-    let lock = std::fs::File::create(std::env::temp_dir().join("thv-peer-e2e.useradd.lock"))
-        .expect("create the useradd lock file");
-    // SAFETY: flock on a descriptor we own; released when `lock` closes.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    if !id(&["-u", OTHER_USER]).0 {
-        let status = Command::new("useradd")
-            .args(["--system", "--no-create-home", OTHER_USER])
-            .status()
-            .expect("run useradd");
-        assert!(status.success(), "useradd {OTHER_USER} failed: {status}");
-    }
-    let (ok_u, uid) = id(&["-u", OTHER_USER]);
-    let (ok_g, gid) = id(&["-g", OTHER_USER]);
-    drop(lock);
-
-    assert!(ok_u && ok_g, "user {OTHER_USER} does not exist");
-    (uid.parse().unwrap(), gid.parse().unwrap())
-}
-
-fn id(args: &[&str]) -> (bool, String) {
-    let out = Command::new("id").args(args).output().expect("run id");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
-}
-
-/// A python any user can run (the root pyenv shims are not the other user's).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
 }
 
 /// Reads the key from its first stdin line (so it is in no argv), sends one
@@ -292,7 +241,7 @@ fn rm(serve: &Serve, workloads: &[&str]) {
 
 #[test]
 fn another_user_is_refused_over_tcp_and_unix_even_with_the_key_while_serves_user_is_admitted() {
-    let other = other_user();
+    let other = other_user(OTHER_USER);
     let dir = home();
     let tcp = support::unique("peer-tcp");
     let unix = support::unique("peer-uds");
@@ -348,7 +297,7 @@ fn another_user_is_refused_over_tcp_and_unix_even_with_the_key_while_serves_user
 
 #[test]
 fn an_allow_listed_uid_is_admitted_and_peer_check_off_admits_anyone_with_a_loud_warning() {
-    let other = other_user();
+    let other = other_user(OTHER_USER);
     let dir = home();
     let listed_tcp = support::unique("allow-tcp");
     let listed_unix = support::unique("allow-uds");

@@ -26,12 +26,12 @@ use thv_server::peer::{
     PeerPolicy,
 };
 
-const OTHER_USER: &str = "thv-peer-test";
+#[path = "../../tests/support/other_user.rs"]
+mod other_user;
 
-fn our_uid() -> u32 {
-    // SAFETY: getuid has no preconditions.
-    unsafe { libc::getuid() }
-}
+use other_user::{other_user, our_uid, python};
+
+const OTHER_USER: &str = "thv-peer-test";
 
 /// The inode of the socket behind `fd`, as the client sees it.
 fn inode_of(fd: &impl AsRawFd) -> u64 {
@@ -83,58 +83,10 @@ impl Drop for TempDir {
     }
 }
 
-/// The uid and gid of `thv-peer-test`, creating the user when missing.
-fn other_user() -> (u32, u32) {
-    assert_eq!(
-        our_uid(),
-        0,
-        "this test needs root: it creates the system user {OTHER_USER} and runs a client as it \
-         (run the test suite as root, as CI does)"
-    );
-
-    // Test processes run in parallel (nextest): one creates the user while
-    // the others wait, or two useradd runs could hand out two uids.
-    let lock = std::fs::File::create(std::env::temp_dir().join("thv-peer-test.useradd.lock"))
-        .expect("create the useradd lock file");
-    // SAFETY: flock on a descriptor we own; released when `lock` closes.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-
-    if !id(&["-u", OTHER_USER]).0 {
-        let status = Command::new("useradd")
-            .args(["--system", "--no-create-home", OTHER_USER])
-            .status()
-            .expect("run useradd");
-        assert!(status.success(), "useradd {OTHER_USER} failed: {status}");
-    }
-
-    let (ok_u, uid) = id(&["-u", OTHER_USER]);
-    let (ok_g, gid) = id(&["-g", OTHER_USER]);
-    drop(lock);
-    assert!(ok_u && ok_g, "user {OTHER_USER} does not exist");
-    (uid.parse().unwrap(), gid.parse().unwrap())
-}
-
-fn id(args: &[&str]) -> (bool, String) {
-    let out = Command::new("id").args(args).output().expect("run id");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-    )
-}
-
-/// A python the other user can run (the root pyenv shims are not theirs).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 /// Runs `script` with `args` as `thv-peer-test`. setpriv execs in place, so
 /// the child's pid is the client's pid.
 fn run_as_other(script: &str, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    let (uid, gid) = other_user();
+    let (uid, gid) = other_user(OTHER_USER);
     let mut child = Command::new("setpriv")
         .arg(format!("--reuid={uid}"))
         .arg(format!("--regid={gid}"))
@@ -360,7 +312,7 @@ fn concurrent_lookups_never_attribute_a_socket_to_another_connection() {
 
 #[test]
 fn a_client_running_as_another_user_is_named_with_that_uid() {
-    let (other_uid, _) = other_user();
+    let (other_uid, _) = other_user(OTHER_USER);
 
     // TCP: the client prints its ephemeral port; find our end of it.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -564,7 +516,7 @@ async fn hello() -> HttpResponse {
 
 #[test]
 fn peer_guard_admits_our_uid_and_refuses_another_user_over_tcp_and_unix() {
-    other_user();
+    other_user(OTHER_USER);
     let server = GuardedServer::start(PeerPolicy::default());
 
     for over_unix in [false, true] {
@@ -584,7 +536,7 @@ fn peer_guard_admits_our_uid_and_refuses_another_user_over_tcp_and_unix() {
 
 #[test]
 fn a_refusal_is_audited_with_the_peer_pid_and_executable_over_tcp_and_unix() {
-    let (other_uid, _) = other_user();
+    let (other_uid, _) = other_user(OTHER_USER);
     let logs = capture_logs();
     let server = GuardedServer::start(PeerPolicy::default());
 
@@ -609,7 +561,7 @@ fn a_refusal_is_audited_with_the_peer_pid_and_executable_over_tcp_and_unix() {
 
 #[test]
 fn peer_guard_admits_an_allow_listed_uid() {
-    let (other_uid, _) = other_user();
+    let (other_uid, _) = other_user(OTHER_USER);
     let mut policy = PeerPolicy::default();
     policy.allowed_uids.push(other_uid);
     let server = GuardedServer::start(policy);

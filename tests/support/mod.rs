@@ -7,6 +7,7 @@
 //! - [`http`]: the raw HTTP/1.1 client ([`http::Request`], [`http::Response`]).
 //! - [`bridge`]: the `thv-actor bridge` driver and the SDK clients that launch it.
 //! - [`peers`]: server-everything and the Python MCP client over HTTP.
+//! - [`other_user`]: a second, real user for the peer-identity tests.
 //!
 //! Every wait is bounded; a helper that times out panics with what it was
 //! waiting for.
@@ -15,6 +16,7 @@
 
 pub mod bridge;
 pub mod http;
+pub mod other_user;
 pub mod peers;
 pub mod serve;
 
