@@ -81,6 +81,9 @@ pub struct Workload {
     pub key_rotation_days: u32,
     /// How long a scheduled rotation keeps the previous key valid.
     pub rotation_overlap: Duration,
+    /// Command workloads: end a session idle this long; `None` never (and
+    /// always for `url` workloads, whose sessions are the upstream's).
+    pub session_idle_timeout: Option<Duration>,
     /// Origins allowed beyond the listener's own.
     pub allowed_origins: Vec<String>,
     /// Where to listen: loopback TCP (`port`) or a Unix socket.
@@ -146,6 +149,7 @@ struct RawWorkload {
     #[serde(default)]
     key_rotation_days: u32,
     rotation_overlap: Option<String>,
+    session_idle_timeout: Option<String>,
     #[serde(default)]
     allowed_origins: Vec<String>,
     listen: Option<String>,
@@ -255,6 +259,13 @@ fn check(raw: RawWorkload) -> Result<Workload, String> {
             if raw.inject_key_env {
                 return Err("field `inject_key_env`: only for `command` workloads".into());
             }
+            if raw.session_idle_timeout.is_some() {
+                return Err(
+                    "field `session_idle_timeout`: only for `command` workloads \
+                            (an upstream server keeps its own sessions)"
+                        .into(),
+                );
+            }
             Upstream::Url {
                 url,
                 transport: raw.transport.unwrap_or(Transport::StreamableHttp),
@@ -270,6 +281,19 @@ fn check(raw: RawWorkload) -> Result<Workload, String> {
         Some(text) => humantime::parse_duration(&text)
             .map_err(|e| format!("field `rotation_overlap`: \"{}\": {e}", text.escape_debug()))?,
         None => DEFAULT_ROTATION_OVERLAP,
+    };
+    let session_idle_timeout = match (&upstream, raw.session_idle_timeout) {
+        (Upstream::Url { .. }, _) => None,
+        (_, None) => Some(crate::stdio::DEFAULT_SESSION_IDLE_TIMEOUT),
+        (_, Some(text)) => {
+            let timeout = humantime::parse_duration(&text).map_err(|e| {
+                format!(
+                    "field `session_idle_timeout`: \"{}\": {e} (\"0s\" keeps idle sessions)",
+                    text.escape_debug()
+                )
+            })?;
+            Some(timeout).filter(|t| !t.is_zero())
+        }
     };
     for origin in &raw.allowed_origins {
         if origin == "null" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -314,6 +338,7 @@ fn check(raw: RawWorkload) -> Result<Workload, String> {
         inject_key_env: raw.inject_key_env,
         key_rotation_days: raw.key_rotation_days,
         rotation_overlap,
+        session_idle_timeout,
         allowed_origins: raw.allowed_origins,
     })
 }
@@ -367,6 +392,11 @@ mod tests {
         assert_eq!(time.port, Some(8811));
         assert!(time.shared_key_auth && time.inject_key_env);
         assert_eq!(time.rotation_overlap, Duration::from_secs(3600));
+        assert_eq!(
+            time.session_idle_timeout,
+            Some(crate::stdio::DEFAULT_SESSION_IDLE_TIMEOUT)
+        );
+        assert_eq!(config.workloads[1].session_idle_timeout, None);
         assert!(matches!(
             &config.workloads[1].upstream,
             Upstream::Url {
@@ -374,6 +404,24 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn session_idle_timeout_is_a_duration_and_zero_keeps_sessions() {
+        let timeout = |value: &str| {
+            parse(&format!(
+                "[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nsession_idle_timeout = \"{value}\"\n"
+            ))
+            .map(|c| c.workloads[0].session_idle_timeout)
+        };
+        assert_eq!(timeout("90s"), Ok(Some(Duration::from_secs(90))));
+        assert_eq!(timeout("2h"), Ok(Some(Duration::from_secs(7200))));
+        assert_eq!(timeout("0s"), Ok(None));
+        let err = timeout("soon").unwrap_err();
+        assert!(
+            err.contains("field `session_idle_timeout`") && err.contains("\"soon\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -396,6 +444,7 @@ mod tests {
             ),
             ("[[workloads]]\nname = \"a\"\nurl = \"ftp://h/\"\n", "workload \"a\"", "field `url`"),
             ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nrotation_overlap = \"soon\"\n", "workload \"a\"", "rotation_overlap"),
+            ("[[workloads]]\nname = \"a\"\nurl = \"http://h/\"\nsession_idle_timeout = \"1m\"\n", "workload \"a\"", "field `session_idle_timeout`: only for `command`"),
             ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nallowed_origins = [\"null\"]\n", "workload \"a\"", "allowed_origins"),
             ("workload = 1\n", "/etc/x.toml", "workload"),
             ("[[workloads]]\nname = \"a\"\ncommand = [\"x\"]\nlisten = \"tcp:1\"\n", "workload \"a\"", "field `listen`"),

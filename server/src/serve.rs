@@ -475,6 +475,7 @@ async fn start_workload(
                 command: argv.clone(),
                 env: env.clone(),
                 inject_key,
+                session_idle_timeout: workload.session_idle_timeout,
             })
             .map_err(|e| fail(with_causes(&e)))?;
             if workload.inject_key_env && workload.shared_key_auth {

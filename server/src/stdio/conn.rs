@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -52,6 +52,9 @@ struct Routes {
     /// Session messages that had nowhere to go yet.
     backlog: VecDeque<Value>,
     serial: u64,
+    /// When the conversation started, the client last sent something, or a
+    /// request of its ended (always set once started).
+    last_active: Option<Instant>,
 }
 
 struct Pending {
@@ -85,6 +88,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let abandoned = {
             let mut routes = self.conn.routes.lock().unwrap();
+            routes.last_active = Some(Instant::now());
             routes.progress.retain(|_, key| *key != self.key);
             routes.pending.remove(&self.key).is_some()
         };
@@ -115,7 +119,10 @@ impl Conn {
             child: spawned.child,
             mode,
             next_id: AtomicU64::new(1),
-            routes: Mutex::new(Routes::default()),
+            routes: Mutex::new(Routes {
+                last_active: Some(Instant::now()),
+                ..Routes::default()
+            }),
         });
 
         let router = conn.clone();
@@ -151,6 +158,7 @@ impl Conn {
             if routes.gone {
                 return Err(SubmitError::Gone);
             }
+            routes.last_active = Some(Instant::now());
 
             let key = match self.mode {
                 Mode::Session => original_id.to_string(),
@@ -203,9 +211,13 @@ impl Conn {
 
         // A cancelled request gets no response; end its stream instead of
         // leaving the client's POST open forever.
-        if message["method"] == "notifications/cancelled" {
-            if let Some(id) = message.pointer("/params/requestId") {
-                self.routes.lock().unwrap().pending.remove(&id.to_string());
+        {
+            let mut routes = self.routes.lock().unwrap();
+            routes.last_active = Some(Instant::now());
+            if message["method"] == "notifications/cancelled" {
+                if let Some(id) = message.pointer("/params/requestId") {
+                    routes.pending.remove(&id.to_string());
+                }
             }
         }
 
@@ -229,7 +241,23 @@ impl Conn {
             }
         }
         routes.get_tx = Some(tx);
+        routes.last_active = Some(Instant::now());
         Some(rx)
+    }
+
+    /// How long the session has been idle at `now`: nothing in flight, no
+    /// GET stream open, and nothing sent since. `None` while it is in use.
+    ///
+    /// A GET stream counts as open until the client's connection is gone
+    /// (actix-web then drops the stream's receiving end).
+    pub fn idle_for(&self, now: Instant) -> Option<Duration> {
+        let routes = self.routes.lock().unwrap();
+        let streaming = routes.get_tx.as_ref().is_some_and(|tx| !tx.is_closed());
+        if !routes.pending.is_empty() || streaming {
+            return None;
+        }
+        let since = routes.last_active.unwrap_or(now);
+        Some(now.saturating_duration_since(since))
     }
 
     /// Ends the conversation: stops the child and fails what is in flight.

@@ -64,8 +64,18 @@
 //! - A shared process's messages that name no request (log notifications,
 //!   server-to-client requests) are dropped (requests are refused), since
 //!   they cannot be attributed to one client.
-//! - Sessions that are never deleted keep their process until shutdown, and
-//!   so does a session whose `initialize` the server answered with an error.
+//!
+//! # Idle sessions
+//!
+//! Clients that exit without `DELETE` (a killed bridge, most clients on a
+//! crash) leave their session behind. A session with nothing in flight and
+//! no GET stream open ends, and its process is stopped, once it has been
+//! idle for [`StdioSpec::session_idle_timeout`] (serve's default:
+//! [`DEFAULT_SESSION_IDLE_TIMEOUT`]); its client gets 404 on its next
+//! request and initializes again, as the specification asks. When
+//! [`MAX_SESSIONS`] are open, a new `initialize` ends the session idle the
+//! longest instead of being refused; only when every session is in use is
+//! it refused with 503.
 
 mod child;
 mod conn;
@@ -104,6 +114,11 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Most sessions (and so processes) one workload runs at once.
 pub const MAX_SESSIONS: usize = 64;
+/// How long serve lets a session sit idle before ending it, unless the
+/// workload's `session_idle_timeout` says otherwise.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The longest wait between two looks for idle sessions.
+const SWEEP_MAX: Duration = Duration::from_secs(60);
 /// Largest accepted request body.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// How long a request waits for a process to become available.
@@ -121,6 +136,10 @@ pub struct StdioSpec {
     pub env: BTreeMap<String, String>,
     /// When set, passed to every process as `TOOLHIVE_SHARED_KEY`.
     pub inject_key: Option<Zeroizing<String>>,
+    /// End a session (and stop its process) once it has been idle this
+    /// long: nothing in flight, no GET stream open. `None` keeps idle
+    /// sessions until they are deleted or the host shuts down.
+    pub session_idle_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for StdioSpec {
@@ -133,6 +152,7 @@ impl fmt::Debug for StdioSpec {
                 "inject_key",
                 &self.inject_key.as_ref().map(|_| "<redacted>"),
             )
+            .field("session_idle_timeout", &self.session_idle_timeout)
             .finish()
     }
 }
@@ -170,8 +190,7 @@ pub enum StdioError {
 ///
 /// # Limitations
 ///
-/// See the module documentation: no resumability, no batches, no idle
-/// expiry of sessions.
+/// See the module documentation: no resumability, no batches.
 #[derive(Clone)]
 pub struct StdioHost {
     inner: Arc<Inner>,
@@ -186,8 +205,10 @@ struct Inner {
     closing: AtomicBool,
     /// Processes started ahead, waiting for a client.
     spare_rx: tokio::sync::Mutex<mpsc::Receiver<Spawned>>,
-    // TODO: expire idle sessions (waits for an idle timeout in the workload config)
     sessions: Mutex<HashMap<String, Arc<Conn>>>,
+    /// At most this many sessions; [`MAX_SESSIONS`] except in tests.
+    max_sessions: usize,
+    idle_timeout: Option<Duration>,
     /// The process stateless clients share, once one has asked.
     shared: tokio::sync::Mutex<Option<Arc<Conn>>>,
 }
@@ -205,6 +226,14 @@ impl StdioHost {
     ///
     /// Outside an actix system.
     pub fn start(spec: StdioSpec) -> Result<StdioHost, StdioError> {
+        StdioHost::start_with_limit(spec, MAX_SESSIONS)
+    }
+
+    /// [`StdioHost::start`] with a session limit of `max_sessions`.
+    pub(crate) fn start_with_limit(
+        spec: StdioSpec,
+        max_sessions: usize,
+    ) -> Result<StdioHost, StdioError> {
         if spec.command.is_empty() {
             return Err(StdioError::EmptyCommand {
                 workload: spec.workload,
@@ -243,9 +272,14 @@ impl StdioHost {
             closing: AtomicBool::new(false),
             spare_rx: tokio::sync::Mutex::new(spare_rx),
             sessions: Mutex::new(HashMap::new()),
+            max_sessions,
+            idle_timeout: spec.session_idle_timeout.filter(|t| !t.is_zero()),
             shared: tokio::sync::Mutex::new(None),
         });
         actix_rt::spawn(keep_spare(inner.clone(), spare_tx));
+        if let Some(timeout) = inner.idle_timeout {
+            actix_rt::spawn(expire_idle(Arc::downgrade(&inner), timeout));
+        }
         tracing::info!(target: TARGET, workload = %inner.workload, "stdio workload hosted");
 
         Ok(StdioHost { inner })
@@ -357,7 +391,64 @@ async fn keep_spare(inner: Arc<Inner>, spare_tx: mpsc::Sender<Spawned>) {
     }
 }
 
+/// Ends sessions idle for `timeout`, looking every half timeout (at most
+/// every [`SWEEP_MAX`]), until the host is shut down or dropped.
+async fn expire_idle(inner: std::sync::Weak<Inner>, timeout: Duration) {
+    let period = (timeout / 2).min(SWEEP_MAX);
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closing.load(Ordering::SeqCst) {
+            return;
+        }
+
+        let now = std::time::Instant::now();
+        let expired: Vec<(String, Arc<Conn>)> = {
+            let mut sessions = inner.sessions.lock().unwrap();
+            let ids: Vec<String> = sessions
+                .iter()
+                .filter(|(_, conn)| conn.idle_for(now).is_some_and(|idle| idle >= timeout))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| sessions.remove(&id).map(|conn| (id, conn)))
+                .collect()
+        };
+        for (id, conn) in expired {
+            conn.close();
+            tracing::info!(target: TARGET, workload = %inner.workload, session = %id, idle = ?timeout, "session ended after being idle");
+        }
+    }
+}
+
 impl Inner {
+    /// Makes room for one more session: nothing to do below the limit;
+    /// at it, ends the session idle the longest. False when every session
+    /// is in use.
+    fn make_room(&self) -> bool {
+        let evicted = {
+            let mut sessions = self.sessions.lock().unwrap();
+            if sessions.len() < self.max_sessions {
+                return true;
+            }
+            let now = std::time::Instant::now();
+            let longest = sessions
+                .iter()
+                .filter_map(|(id, conn)| conn.idle_for(now).map(|idle| (idle, id)))
+                .max_by_key(|(idle, _)| *idle)
+                .map(|(_, id)| id.clone());
+            let Some(id) = longest else {
+                return false;
+            };
+            sessions.remove(&id).map(|conn| (id, conn))
+        };
+        if let Some((id, conn)) = evicted {
+            conn.close();
+            tracing::info!(target: TARGET, workload = %self.workload, session = %id, "session limit reached; the longest idle session ended");
+        }
+        true
+    }
+
     /// Takes the spare process, waiting for one if it is still starting.
     async fn take_spare(&self) -> Option<Spawned> {
         let mut spare_rx = self.spare_rx.lock().await;
@@ -521,8 +612,8 @@ async fn post(req: HttpRequest, body: Bytes, host: web::Data<StdioHost>) -> Http
 }
 
 async fn initialize(inner: &Arc<Inner>, message: Value, accepts: Accepts) -> HttpResponse {
-    if inner.sessions.lock().unwrap().len() >= MAX_SESSIONS {
-        tracing::warn!(target: TARGET, workload = %inner.workload, "session limit reached; initialize refused");
+    if !inner.make_room() {
+        tracing::warn!(target: TARGET, workload = %inner.workload, "session limit reached and every session in use; initialize refused");
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             UNAVAILABLE,

@@ -76,6 +76,7 @@ fn spec(command: Vec<String>) -> StdioSpec {
         command,
         env: BTreeMap::new(),
         inject_key: None,
+        session_idle_timeout: None,
     }
 }
 
@@ -682,6 +683,120 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
     // the legacy client held a session, and it deleted it on close.
     assert!(host.inner.shared.lock().await.is_some());
     assert_eq!(host.session_count(), 0);
+
+    host.shutdown().await;
+    server.stop(true).await;
+}
+
+/// Opens the session's GET stream and returns it; the stream stays open
+/// (and the session in use) until it is dropped.
+async fn open_get_stream(
+    url: &str,
+    session: &str,
+) -> awc::ClientResponse<
+    impl futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>,
+> {
+    let stream = client()
+        .get(url)
+        .insert_header(("accept", "text/event-stream"))
+        .insert_header((SESSION_HEADER, session))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    stream
+}
+
+/// Waits (bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn idle_sessions_end_and_sessions_in_use_stay() {
+    let timeout = Duration::from_millis(600);
+    let host = StdioHost::start(StdioSpec {
+        session_idle_timeout: Some(timeout),
+        ..spec(asking_server())
+    })
+    .unwrap();
+    let (url, server) = listen(&host);
+
+    let idle = open_session(&url).await;
+    let streaming = open_session(&url).await;
+    let working = open_session(&url).await;
+    let idle_pid = host.session_pid(&idle).unwrap();
+    let _stream = open_get_stream(&url, &streaming).await;
+    let slow = call_tool(&url, &working, 1, "sleep", json!({ "seconds": 2.5 }));
+
+    let watch = async {
+        eventually("the idle session's process is gone", || !is_alive(idle_pid)).await;
+        assert_eq!(host.session_pid(&idle), None);
+        let gone = call_tool(&url, &idle, 2, "pid", json!({})).await;
+        assert_eq!(gone.status, 404, "an expired session is unknown");
+
+        // Well past the timeout: a session with an open stream stays.
+        let still = call_tool(&url, &streaming, 3, "pid", json!({})).await;
+        assert_eq!(
+            text_of(&still),
+            host.session_pid(&streaming).unwrap().to_string()
+        );
+    };
+    let (slept, ()) = tokio::join!(slow, watch);
+    // And one whose request ran longer than the timeout got its answer.
+    assert_eq!(text_of(&slept), "slept");
+    assert!(host.session_pid(&working).is_some());
+
+    // Once its request is done, it is idle too, and ends in its turn.
+    eventually("the finished session expires", || {
+        host.session_pid(&working).is_none()
+    })
+    .await;
+    assert!(host.session_pid(&streaming).is_some());
+
+    host.shutdown().await;
+    server.stop(true).await;
+}
+
+#[actix_rt::test]
+async fn at_the_session_limit_the_longest_idle_session_makes_room() {
+    let host = StdioHost::start_with_limit(spec(asking_server()), 2).unwrap();
+    let (url, server) = listen(&host);
+
+    let oldest = open_session(&url).await;
+    let newer = open_session(&url).await;
+    let oldest_pid = host.session_pid(&oldest).unwrap();
+    // `newer` was used last, so `oldest` is the one to go.
+    let third = open_session(&url).await;
+    assert_eq!(host.session_count(), 2);
+    assert_eq!(host.session_pid(&oldest), None);
+    eventually("the evicted session's process is gone", || {
+        !is_alive(oldest_pid)
+    })
+    .await;
+    assert_eq!(
+        call_tool(&url, &oldest, 1, "pid", json!({})).await.status,
+        404
+    );
+    for session in [&newer, &third] {
+        let answer = call_tool(&url, session, 2, "pid", json!({})).await;
+        assert_eq!(
+            text_of(&answer),
+            host.session_pid(session).unwrap().to_string()
+        );
+    }
+
+    // With every session in use, a new one is refused, not made room for.
+    let _a = open_get_stream(&url, &newer).await;
+    let _b = open_get_stream(&url, &third).await;
+    let refused = post(&url, None, initialize_request()).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.messages[0]["error"]["code"], UNAVAILABLE);
+    assert_eq!(host.session_count(), 2);
 
     host.shutdown().await;
     server.stop(true).await;
