@@ -18,6 +18,7 @@ pub fn run(keystore: Option<String>, cmd: KeyCommand) -> Result<ExitCode, CliErr
     let dir = thv_actors::state_dir()?;
     let running = thv_server::state::running_state(&dir)?;
     let choice = crate::keystore_choice(keystore, running.as_ref())?;
+    #[cfg(unix)]
     let changed = match &cmd {
         KeyCommand::Rotate(a) => Some(a.workload.clone()),
         KeyCommand::Delete(a) => Some(a.workload.clone()),
@@ -31,6 +32,7 @@ pub fn run(keystore: Option<String>, cmd: KeyCommand) -> Result<ExitCode, CliErr
 
     // A running serve re-reads keys within a second anyway; telling it
     // makes the change immediate.
+    #[cfg(unix)]
     if let (Some(serve), Some(workload)) = (running, changed) {
         if let Ok(workload) = WorkloadName::new(&workload) {
             if let Err(err) =

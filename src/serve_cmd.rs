@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use thv_server::config::{
     self, Config, Listen, Transport, Upstream, Workload, DEFAULT_ROTATION_OVERLAP,
 };
+#[cfg(unix)]
 use thv_server::serve::{self, ServeOptions};
 
 use crate::cli::{ServeArgs, UpstreamTransportArg};
@@ -16,15 +17,29 @@ const DEMO: &str = "demo";
 /// Runs serve until SIGINT or SIGTERM.
 pub fn run(keystore: thv_actors::BackendChoice, args: ServeArgs) -> Result<ExitCode, CliError> {
     let (config, origin) = workloads(args)?;
-    let mut options = ServeOptions::new(config, origin, keystore, thv_actors::state_dir()?);
-    test_overrides(&mut options);
-    // Kept for the benchmark that compares the two layouts.
-    if std::env::var("THV_ACTOR_VALIDATOR").as_deref() == Ok("shared") {
-        options.validator_per_worker = false;
+
+    // The listeners, the control socket and the signals are Unix ones; the
+    // config is still checked, so that its errors come first.
+    #[cfg(not(unix))]
+    {
+        let _ = (config, origin, keystore);
+        Err(CliError::new(
+            "`thv-actor serve` runs only on Unix systems (Linux, macOS) so far",
+        ))
     }
 
-    actix_web::rt::System::new().block_on(serve::run(options))?;
-    Ok(ExitCode::SUCCESS)
+    #[cfg(unix)]
+    {
+        let mut options = ServeOptions::new(config, origin, keystore, thv_actors::state_dir()?);
+        test_overrides(&mut options);
+        // Kept for the benchmark that compares the two layouts.
+        if std::env::var("THV_ACTOR_VALIDATOR").as_deref() == Ok("shared") {
+            options.validator_per_worker = false;
+        }
+
+        actix_web::rt::System::new().block_on(serve::run(options))?;
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 /// The workloads, and where they came from for error messages: the command
@@ -116,7 +131,7 @@ fn single(name: thv_actors::WorkloadName, upstream: Upstream, port: Option<u16>)
 }
 
 /// Test builds only: shorter clocks, so that schedules can be tested.
-#[cfg(feature = "fault-injection")]
+#[cfg(all(unix, feature = "fault-injection"))]
 fn test_overrides(options: &mut ServeOptions) {
     let millis = |var: &str| {
         std::env::var(var)
@@ -139,5 +154,5 @@ fn test_overrides(options: &mut ServeOptions) {
     }
 }
 
-#[cfg(not(feature = "fault-injection"))]
+#[cfg(all(unix, not(feature = "fault-injection")))]
 fn test_overrides(_options: &mut ServeOptions) {}

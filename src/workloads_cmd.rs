@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use thv_actors::{DeleteKeys, WorkloadName};
+#[cfg(unix)]
 use thv_server::control::{self, Answer};
 use thv_server::state;
 
@@ -56,6 +57,7 @@ pub fn rm(keystore: Option<String>, arg: WorkloadArg) -> Result<ExitCode, CliErr
     let dir = thv_actors::state_dir()?;
 
     let running = state::running_state(&dir)?;
+    #[cfg(unix)]
     if let Some(serve) = &running {
         if control::send(&serve.control_socket, &workload, "remove")? == Answer::Done {
             eprintln!("stopped workload {workload} and deleted its keys");

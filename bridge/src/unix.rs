@@ -7,20 +7,16 @@
 //! localhost`, which serve's loopback guard accepts) and every connection
 //! awc makes, whatever host it was asked for, goes to the socket.
 //!
-//! TODO: gate this module on `cfg(unix)` and reject `unix:` URLs elsewhere
-//! (the bridge is only built and tested on Linux so far).
+//! Elsewhere than on Unix a `unix:` URL is refused by [`check`] and the
+//! connector is not built.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
-use std::rc::Rc;
+use std::path::Path;
 
-use actix_rt::net::UnixStream;
-use actix_service::Service;
-use actix_tls::connect::{ConnectError, ConnectInfo, Connection};
-use awc::http::Uri;
-
+#[cfg(unix)]
 use crate::Transport;
+
+#[cfg(unix)]
+pub(crate) use connect::client;
 
 /// The prefix of a Unix-socket workload URL.
 pub(crate) const SCHEME: &str = "unix:";
@@ -32,6 +28,9 @@ pub(crate) fn socket_path(url: &str) -> Option<&Path> {
 
 /// Why `url`, which starts with `unix:`, cannot name a socket, if it cannot.
 pub(crate) fn check(url: &str) -> Result<(), &'static str> {
+    if !cfg!(unix) {
+        return Err("unix: urls need a Unix system; use the workload's http:// url");
+    }
     let path = socket_path(url).ok_or("not a unix: url")?;
     if !path.is_absolute() {
         return Err("a unix: url names an absolute socket path (unix:/run/x.sock)");
@@ -43,6 +42,7 @@ pub(crate) fn check(url: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+#[cfg(unix)]
 /// The HTTP URL requests over the socket are written to.
 pub(crate) fn http_url(transport: Transport) -> String {
     match transport {
@@ -51,44 +51,57 @@ pub(crate) fn http_url(transport: Transport) -> String {
     }
 }
 
-/// An HTTP client whose every connection is to the socket at `path`, with
-/// no overall timeout (as the TCP client: heads are timed per request).
-///
-/// A missing socket file or one nobody listens on is a connect error, so
-/// the bridge treats it as "serve not up yet" and retries until its
-/// `connect_wait`.
-pub(crate) fn client(path: PathBuf) -> awc::Client {
-    let connector = awc::Connector::new().connector(UnixConnector {
-        path: Rc::new(path),
-    });
-    awc::Client::builder()
-        .disable_timeout()
-        .connector(connector)
-        .finish()
-}
+#[cfg(unix)]
+mod connect {
+    use std::future::Future;
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::rc::Rc;
 
-/// Connects to one socket, ignoring the host and port awc asks for.
-#[derive(Clone, Debug)]
-struct UnixConnector {
-    path: Rc<PathBuf>,
-}
+    use actix_rt::net::UnixStream;
+    use actix_service::Service;
+    use actix_tls::connect::{ConnectError, ConnectInfo, Connection};
+    use awc::http::Uri;
 
-impl Service<ConnectInfo<Uri>> for UnixConnector {
-    type Response = Connection<Uri, UnixStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+    /// An HTTP client whose every connection is to the socket at `path`, with
+    /// no overall timeout (as the TCP client: heads are timed per request).
+    ///
+    /// A missing socket file or one nobody listens on is a connect error, so
+    /// the bridge treats it as "serve not up yet" and retries until its
+    /// `connect_wait`.
+    pub(crate) fn client(path: PathBuf) -> awc::Client {
+        let connector = awc::Connector::new().connector(UnixConnector {
+            path: Rc::new(path),
+        });
+        awc::Client::builder()
+            .disable_timeout()
+            .connector(connector)
+            .finish()
+    }
 
-    actix_service::always_ready!();
+    /// Connects to one socket, ignoring the host and port awc asks for.
+    #[derive(Clone, Debug)]
+    struct UnixConnector {
+        path: Rc<PathBuf>,
+    }
 
-    fn call(&self, info: ConnectInfo<Uri>) -> Self::Future {
-        let path = self.path.clone();
-        let uri = info.request().clone();
-        Box::pin(async move {
-            let stream = UnixStream::connect(&*path)
-                .await
-                .map_err(ConnectError::Io)?;
-            Ok(Connection::new(uri, stream))
-        })
+    impl Service<ConnectInfo<Uri>> for UnixConnector {
+        type Response = Connection<Uri, UnixStream>;
+        type Error = ConnectError;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+        actix_service::always_ready!();
+
+        fn call(&self, info: ConnectInfo<Uri>) -> Self::Future {
+            let path = self.path.clone();
+            let uri = info.request().clone();
+            Box::pin(async move {
+                let stream = UnixStream::connect(&*path)
+                    .await
+                    .map_err(ConnectError::Io)?;
+                Ok(Connection::new(uri, stream))
+            })
+        }
     }
 }
 

@@ -117,11 +117,13 @@ impl Upstream {
         // Response heads get `response_timeout` per request; bodies (event
         // streams that live as long as the session) get none.
         let (client, url) = match crate::unix::socket_path(&config.url) {
+            // Elsewhere `check_url` has refused `unix:` urls before this.
+            #[cfg(unix)]
             Some(path) => (
                 crate::unix::client(path.to_owned()),
                 crate::unix::http_url(config.transport),
             ),
-            None => (
+            _ => (
                 awc::Client::builder().disable_timeout().finish(),
                 config.url.clone(),
             ),

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+#[cfg(unix)]
 pub mod control;
 pub mod demo;
 mod error;
@@ -15,6 +16,7 @@ pub mod jsonrpc;
 pub mod peer;
 pub mod proxy;
 pub mod redact;
+#[cfg(unix)]
 pub mod serve;
 pub mod state;
 pub mod stdio;
