@@ -114,11 +114,34 @@ fn serial_keychain_outage_serves_cached_keys_for_the_bounded_time_then_fails_clo
         "secret-service",
         &support::serve::demo_config(&[&w]),
         1,
-        &[("THV_ACTOR_TEST_MAX_STALE_MS", "4000")],
+        &[
+            ("THV_ACTOR_TEST_MAX_STALE_MS", "4000"),
+            (
+                "RUST_LOG",
+                "info,actix_server=warn,thv_actors::validator=debug",
+            ),
+        ],
     );
     let port = serve.port(&w);
     let key = serve.key(&w);
     assert_eq!(post(port, Some(&key), &[], INITIALIZE).status, 200);
+
+    // Every worker's Validator preloads the keys at start; the outage must
+    // not begin before the last preload has read them (on a loaded machine
+    // one worker's read can still be queued behind the key's creation).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(4));
+    let loaded = || {
+        serve
+            .stderr()
+            .matches("keys loaded into the validator cache")
+            .count()
+    };
+    assert!(
+        support::eventually(Duration::from_secs(10), || loaded() >= workers),
+        "only {} of {workers} workers loaded the keys; serve's log:\n{}",
+        loaded(),
+        serve.stderr()
+    );
 
     let stopped = std::process::Command::new(&keyring)
         .arg("stop-secret-service")
@@ -132,7 +155,8 @@ fn serial_keychain_outage_serves_cached_keys_for_the_bounded_time_then_fails_clo
     assert_eq!(
         post(port, Some(&key), &[], INITIALIZE).status,
         200,
-        "cached key refused"
+        "cached key refused; serve's log:\n{}",
+        serve.stderr()
     );
     assert_eq!(
         post(port, Some("A".repeat(43).as_str()), &[], INITIALIZE).status,

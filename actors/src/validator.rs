@@ -209,6 +209,11 @@ impl Validator {
 
         let outcome: Result<Option<&KeySet>, Error> = match read {
             Ok(keys) => {
+                if !self.cache.contains_key(&workload) {
+                    // Once per worker and workload, and after each
+                    // invalidation: tests wait for it before an outage.
+                    tracing::debug!(workload = %workload, "keys loaded into the validator cache");
+                }
                 let entry = Cached {
                     keys,
                     verified_at: now,
