@@ -248,6 +248,34 @@ fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// Opens the session's GET stream and returns it; the stream stays open
+/// (and the session in use) until it is dropped.
+async fn open_get_stream(
+    url: &str,
+    session: &str,
+) -> awc::ClientResponse<
+    impl futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>,
+> {
+    let stream = client()
+        .get(url)
+        .insert_header(("accept", "text/event-stream"))
+        .insert_header((SESSION_HEADER, session))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status().as_u16(), 200);
+    stream
+}
+
+/// Waits until `done` holds, at most `limit`.
+async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[actix_rt::test]
 async fn serves_mcp_server_time_through_a_session() {
     let host = StdioHost::start(spec(time_server())).unwrap();
@@ -434,16 +462,12 @@ async fn a_session_survives_another_ending() {
         text_of(&still),
         host.session_pid(&staying).unwrap().to_string()
     );
-    for _ in 0..50 {
-        if !is_alive(leaving_pid) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        !is_alive(leaving_pid),
-        "the ended session's process is gone"
-    );
+    eventually(
+        "the ended session's process is gone",
+        Duration::from_secs(5),
+        || !is_alive(leaving_pid),
+    )
+    .await;
 
     host.shutdown().await;
     server.stop(true).await;
@@ -521,14 +545,7 @@ async fn get_stream_carries_messages_no_post_can() {
     let (url, server) = listen(&host);
     let session = open_session(&url).await;
 
-    let mut stream = client()
-        .get(&url)
-        .insert_header(("accept", "text/event-stream"))
-        .insert_header((SESSION_HEADER, session.as_str()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status().as_u16(), 200);
+    let mut stream = open_get_stream(&url, &session).await;
 
     // A client that takes only JSON cannot get the question on its POST,
     // so it comes on the GET stream.
@@ -688,34 +705,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
     server.stop(true).await;
 }
 
-/// Opens the session's GET stream and returns it; the stream stays open
-/// (and the session in use) until it is dropped.
-async fn open_get_stream(
-    url: &str,
-    session: &str,
-) -> awc::ClientResponse<
-    impl futures_util::Stream<Item = Result<Bytes, actix_web::error::PayloadError>>,
-> {
-    let stream = client()
-        .get(url)
-        .insert_header(("accept", "text/event-stream"))
-        .insert_header((SESSION_HEADER, session))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status().as_u16(), 200);
-    stream
-}
-
-/// Waits (bounded) until `done` holds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn idle_sessions_end_and_sessions_in_use_stay() {
     let timeout = Duration::from_millis(600);
@@ -734,7 +723,12 @@ async fn idle_sessions_end_and_sessions_in_use_stay() {
     let slow = call_tool(&url, &working, 1, "sleep", json!({ "seconds": 2.5 }));
 
     let watch = async {
-        eventually("the idle session's process is gone", || !is_alive(idle_pid)).await;
+        eventually(
+            "the idle session's process is gone",
+            Duration::from_secs(10),
+            || !is_alive(idle_pid),
+        )
+        .await;
         assert_eq!(host.session_pid(&idle), None);
         let gone = call_tool(&url, &idle, 2, "pid", json!({})).await;
         assert_eq!(gone.status, 404, "an expired session is unknown");
@@ -752,9 +746,11 @@ async fn idle_sessions_end_and_sessions_in_use_stay() {
     assert!(host.session_pid(&working).is_some());
 
     // Once its request is done, it is idle too, and ends in its turn.
-    eventually("the finished session expires", || {
-        host.session_pid(&working).is_none()
-    })
+    eventually(
+        "the finished session expires",
+        Duration::from_secs(10),
+        || host.session_pid(&working).is_none(),
+    )
     .await;
     assert!(host.session_pid(&streaming).is_some());
 
@@ -774,9 +770,11 @@ async fn at_the_session_limit_the_longest_idle_session_makes_room() {
     let third = open_session(&url).await;
     assert_eq!(host.session_count(), 2);
     assert_eq!(host.session_pid(&oldest), None);
-    eventually("the evicted session's process is gone", || {
-        !is_alive(oldest_pid)
-    })
+    eventually(
+        "the evicted session's process is gone",
+        Duration::from_secs(10),
+        || !is_alive(oldest_pid),
+    )
     .await;
     assert_eq!(
         call_tool(&url, &oldest, 1, "pid", json!({})).await.status,
