@@ -112,7 +112,7 @@ fn workloads(args: ServeArgs) -> Result<(Config, String), CliError> {
 }
 
 fn single(name: thv_actors::WorkloadName, upstream: Upstream, port: Option<u16>) -> Workload {
-    let upstream_is_command = matches!(upstream, Upstream::Command { .. });
+    let session_idle_timeout = config::default_session_idle_timeout(&upstream);
     Workload {
         name,
         upstream,
@@ -121,8 +121,7 @@ fn single(name: thv_actors::WorkloadName, upstream: Upstream, port: Option<u16>)
         inject_key_env: false,
         key_rotation_days: 0,
         rotation_overlap: DEFAULT_ROTATION_OVERLAP,
-        session_idle_timeout: upstream_is_command
-            .then_some(thv_server::stdio::DEFAULT_SESSION_IDLE_TIMEOUT),
+        session_idle_timeout,
         allowed_origins: Vec::new(),
         listen: Listen::Tcp,
         peer_check: true,

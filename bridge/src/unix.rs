@@ -42,8 +42,8 @@ pub(crate) fn check(url: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-#[cfg(unix)]
 /// The HTTP URL requests over the socket are written to.
+#[cfg(unix)]
 pub(crate) fn http_url(transport: Transport) -> String {
     match transport {
         Transport::StreamableHttp => "http://localhost/mcp".into(),

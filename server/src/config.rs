@@ -282,10 +282,10 @@ fn check(raw: RawWorkload) -> Result<Workload, String> {
             .map_err(|e| format!("field `rotation_overlap`: \"{}\": {e}", text.escape_debug()))?,
         None => DEFAULT_ROTATION_OVERLAP,
     };
-    let session_idle_timeout = match (&upstream, raw.session_idle_timeout) {
-        (Upstream::Url { .. }, _) => None,
-        (_, None) => Some(crate::stdio::DEFAULT_SESSION_IDLE_TIMEOUT),
-        (_, Some(text)) => {
+    // A `url` workload naming one was refused above.
+    let session_idle_timeout = match raw.session_idle_timeout {
+        None => default_session_idle_timeout(&upstream),
+        Some(text) => {
             let timeout = humantime::parse_duration(&text).map_err(|e| {
                 format!(
                     "field `session_idle_timeout`: \"{}\": {e} (\"0s\" keeps idle sessions)",
@@ -341,6 +341,16 @@ fn check(raw: RawWorkload) -> Result<Workload, String> {
         session_idle_timeout,
         allowed_origins: raw.allowed_origins,
     })
+}
+
+/// The `session_idle_timeout` of a workload whose config names none:
+/// [`crate::stdio::DEFAULT_SESSION_IDLE_TIMEOUT`] for a `command` workload,
+/// none for a `url` workload (the upstream keeps its own sessions).
+pub fn default_session_idle_timeout(upstream: &Upstream) -> Option<Duration> {
+    match upstream {
+        Upstream::Command { .. } => Some(crate::stdio::DEFAULT_SESSION_IDLE_TIMEOUT),
+        Upstream::Url { .. } => None,
+    }
 }
 
 fn one_line(text: &str) -> String {

@@ -39,7 +39,6 @@ pub(crate) struct Conn {
     routes: Mutex<Routes>,
 }
 
-#[derive(Default)]
 struct Routes {
     /// Set when the child is gone; no new request is accepted.
     gone: bool,
@@ -53,8 +52,22 @@ struct Routes {
     backlog: VecDeque<Value>,
     serial: u64,
     /// When the conversation started, the client last sent something, or a
-    /// request of its ended (always set once started).
-    last_active: Option<Instant>,
+    /// request of its ended.
+    last_active: Instant,
+}
+
+impl Routes {
+    fn new() -> Routes {
+        Routes {
+            gone: false,
+            pending: HashMap::new(),
+            progress: HashMap::new(),
+            get_tx: None,
+            backlog: VecDeque::new(),
+            serial: 0,
+            last_active: Instant::now(),
+        }
+    }
 }
 
 struct Pending {
@@ -88,7 +101,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let abandoned = {
             let mut routes = self.conn.routes.lock().unwrap();
-            routes.last_active = Some(Instant::now());
+            routes.last_active = Instant::now();
             routes.progress.retain(|_, key| *key != self.key);
             routes.pending.remove(&self.key).is_some()
         };
@@ -119,10 +132,7 @@ impl Conn {
             child: spawned.child,
             mode,
             next_id: AtomicU64::new(1),
-            routes: Mutex::new(Routes {
-                last_active: Some(Instant::now()),
-                ..Routes::default()
-            }),
+            routes: Mutex::new(Routes::new()),
         });
 
         let router = conn.clone();
@@ -158,7 +168,7 @@ impl Conn {
             if routes.gone {
                 return Err(SubmitError::Gone);
             }
-            routes.last_active = Some(Instant::now());
+            routes.last_active = Instant::now();
 
             let key = match self.mode {
                 Mode::Session => original_id.to_string(),
@@ -213,7 +223,7 @@ impl Conn {
         // leaving the client's POST open forever.
         {
             let mut routes = self.routes.lock().unwrap();
-            routes.last_active = Some(Instant::now());
+            routes.last_active = Instant::now();
             if message["method"] == "notifications/cancelled" {
                 if let Some(id) = message.pointer("/params/requestId") {
                     routes.pending.remove(&id.to_string());
@@ -241,7 +251,7 @@ impl Conn {
             }
         }
         routes.get_tx = Some(tx);
-        routes.last_active = Some(Instant::now());
+        routes.last_active = Instant::now();
         Some(rx)
     }
 
@@ -256,8 +266,7 @@ impl Conn {
         if !routes.pending.is_empty() || streaming {
             return None;
         }
-        let since = routes.last_active.unwrap_or(now);
-        Some(now.saturating_duration_since(since))
+        Some(now.saturating_duration_since(routes.last_active))
     }
 
     /// Ends the conversation: stops the child and fails what is in flight.

@@ -403,17 +403,12 @@ async fn expire_idle(inner: std::sync::Weak<Inner>, timeout: Duration) {
         }
 
         let now = std::time::Instant::now();
-        let expired: Vec<(String, Arc<Conn>)> = {
-            let mut sessions = inner.sessions.lock().unwrap();
-            let ids: Vec<String> = sessions
-                .iter()
-                .filter(|(_, conn)| conn.idle_for(now).is_some_and(|idle| idle >= timeout))
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| sessions.remove(&id).map(|conn| (id, conn)))
-                .collect()
-        };
+        let expired: Vec<(String, Arc<Conn>)> = inner
+            .sessions
+            .lock()
+            .unwrap()
+            .extract_if(|_, conn| conn.idle_for(now).is_some_and(|idle| idle >= timeout))
+            .collect();
         for (id, conn) in expired {
             conn.close();
             tracing::info!(target: TARGET, workload = %inner.workload, session = %id, idle = ?timeout, "session ended after being idle");
