@@ -37,6 +37,12 @@ fn spec(url: String, transport: UpstreamTransport) -> UpstreamSpec {
     }
 }
 
+/// Runs the proxy for `url` on a fresh loopback port, with [`spec`]'s
+/// settings.
+fn proxy_to(url: String, transport: UpstreamTransport) -> (SocketAddr, ServerHandle) {
+    start_proxy(HttpUpstream::new(spec(url, transport)).unwrap())
+}
+
 /// Runs the proxy for `upstream` on a fresh loopback port.
 fn start_proxy(upstream: HttpUpstream) -> (SocketAddr, ServerHandle) {
     let server = HttpServer::new(move || {
@@ -237,12 +243,10 @@ where
 async fn forwards_mcp_headers_and_keeps_credentials_and_origin_back() {
     bounded(async {
         let (up_addr, _state, _up) = start_upstream();
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("http://{up_addr}/mcp"),
             UpstreamTransport::StreamableHttp,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
 
         let mut res = test_client()
             .post(format!("http://{addr}/mcp?probe=1"))
@@ -304,12 +308,10 @@ async fn forwards_mcp_headers_and_keeps_credentials_and_origin_back() {
 async fn first_event_reaches_the_client_before_the_upstream_sends_the_last() {
     bounded(async {
         let (up_addr, state, _up) = start_upstream();
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("http://{up_addr}/mcp"),
             UpstreamTransport::StreamableHttp,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
         let client = test_client();
 
         // The GET stream and a POST answered with a stream: the upstream holds
@@ -357,12 +359,10 @@ async fn dead_upstream_gets_502_json_rpc_error_within_connect_timeout() {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
         };
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("http://127.0.0.1:{port}/mcp"),
             UpstreamTransport::StreamableHttp,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
 
         let started = Instant::now();
         let mut res = test_client()
@@ -463,12 +463,7 @@ async fn open_sse(
 async fn sse_relative_endpoint_is_rewritten_and_messages_reach_the_upstream() {
     bounded(async {
         let (up_addr, state, _up) = start_upstream();
-        let upstream = HttpUpstream::new(spec(
-            format!("http://{up_addr}/sse"),
-            UpstreamTransport::Sse,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        let (addr, _proxy) = proxy_to(format!("http://{up_addr}/sse"), UpstreamTransport::Sse);
 
         let (mut stream, endpoint) = open_sse(addr).await;
         assert_eq!(endpoint, "/messages/message?sessionId=rel1");
@@ -497,12 +492,10 @@ async fn sse_relative_endpoint_is_rewritten_and_messages_reach_the_upstream() {
 async fn sse_absolute_endpoint_naming_another_host_still_goes_to_the_upstream() {
     bounded(async {
         let (up_addr, state, _up) = start_upstream();
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("http://{up_addr}/sub/sse-abs"),
             UpstreamTransport::Sse,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
 
         let (mut stream, endpoint) = open_sse(addr).await;
         assert_eq!(endpoint, "/messages/sub/message?sessionId=abs2");
@@ -530,12 +523,7 @@ async fn sse_absolute_endpoint_naming_another_host_still_goes_to_the_upstream() 
 async fn sse_endpoint_with_dot_segments_cuts_the_stream() {
     bounded(async {
         let (up_addr, _state, _up) = start_upstream();
-        let upstream = HttpUpstream::new(spec(
-            format!("http://{up_addr}/sse-bad"),
-            UpstreamTransport::Sse,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        let (addr, _proxy) = proxy_to(format!("http://{up_addr}/sse-bad"), UpstreamTransport::Sse);
 
         // The cut may come before the response head is flushed: then the
         // request itself fails, which also tells the client nothing.
@@ -566,12 +554,8 @@ async fn sse_endpoint_with_dot_segments_cuts_the_stream() {
 async fn crafted_paths_and_targets_cannot_reach_another_host_or_path() {
     bounded(async {
         let (up_addr, state, _up) = start_upstream();
-        let sse = HttpUpstream::new(spec(
-            format!("http://{up_addr}/sse"),
-            UpstreamTransport::Sse,
-        ))
-        .unwrap();
-        let (sse_addr, _sse_proxy) = start_proxy(sse);
+        let (sse_addr, _sse_proxy) =
+            proxy_to(format!("http://{up_addr}/sse"), UpstreamTransport::Sse);
         let client = test_client();
 
         // Before and after the upstream advertised its endpoint, no other
@@ -600,12 +584,10 @@ async fn crafted_paths_and_targets_cannot_reach_another_host_or_path() {
 
         // An absolute-form request target naming another host still goes to
         // the configured upstream.
-        let mcp = HttpUpstream::new(spec(
+        let (mcp_addr, _mcp_proxy) = proxy_to(
             format!("http://{up_addr}/mcp"),
             UpstreamTransport::StreamableHttp,
-        ))
-        .unwrap();
-        let (mcp_addr, _mcp_proxy) = start_proxy(mcp);
+        );
         let response = actix_rt::task::spawn_blocking(move || {
             let mut conn = TcpStream::connect(mcp_addr).unwrap();
             conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -766,12 +748,10 @@ fn message_with_id(body: &str, id: u64) -> Value {
 async fn real_everything_server_over_streamable_http_through_the_proxy() {
     bounded(async {
         let (_server, port) = start_everything("streamableHttp").await;
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("http://127.0.0.1:{port}/mcp"),
             UpstreamTransport::StreamableHttp,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
         let client = test_client();
         let url = format!("http://{addr}/mcp");
         let post = |session: Option<&str>| {
@@ -834,12 +814,10 @@ async fn real_everything_server_over_streamable_http_through_the_proxy() {
 async fn real_everything_server_over_sse_through_the_proxy() {
     bounded(async {
         let (_server, port) = start_everything("sse").await;
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("http://127.0.0.1:{port}/sse"),
             UpstreamTransport::Sse,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
         let client = test_client();
 
         let mut stream = client
@@ -900,12 +878,10 @@ async fn https_upstream_that_fails_the_handshake_gets_502() {
         // A plain HTTP server behind an https:// URL: the TLS handshake fails,
         // which shows the rustls connector is built and used.
         let (up_addr, _state, _up) = start_upstream();
-        let upstream = HttpUpstream::new(spec(
+        let (addr, _proxy) = proxy_to(
             format!("https://{up_addr}/mcp"),
             UpstreamTransport::StreamableHttp,
-        ))
-        .unwrap();
-        let (addr, _proxy) = start_proxy(upstream);
+        );
 
         let res = test_client()
             .post(format!("http://{addr}/mcp"))
