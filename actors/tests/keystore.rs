@@ -82,23 +82,7 @@ async fn rotation_keeps_every_unexpired_key_and_zero_overlap_revokes() {
         let kind = backend.kind();
         let store = start(backend);
         let w = common::unique_workload("rotate");
-        ask(
-            &store,
-            CreateKey {
-                workload: w.clone(),
-            },
-        )
-        .await
-        .unwrap();
-        let first = ask(
-            &store,
-            GetKeys {
-                workload: w.clone(),
-            },
-        )
-        .await
-        .unwrap()
-        .current;
+        let first = common::create_key(&store, &w).await;
 
         let overlap = Duration::from_secs(600);
         let r1 = ask(
@@ -189,23 +173,7 @@ async fn previous_keys_expire_and_are_deleted_from_the_keychain() {
         let kind = backend.kind();
         let store = start(backend);
         let w = common::unique_workload("expire");
-        ask(
-            &store,
-            CreateKey {
-                workload: w.clone(),
-            },
-        )
-        .await
-        .unwrap();
-        let old = ask(
-            &store,
-            GetKeys {
-                workload: w.clone(),
-            },
-        )
-        .await
-        .unwrap()
-        .current;
+        let old = common::create_key(&store, &w).await;
         ask(
             &store,
             RotateKey {
@@ -321,23 +289,7 @@ async fn two_workloads_never_share_a_key() {
     let mut seen = Vec::new();
     for _ in 0..20 {
         let w = common::unique_workload("distinct");
-        ask(
-            &store,
-            CreateKey {
-                workload: w.clone(),
-            },
-        )
-        .await
-        .unwrap();
-        let key = ask(
-            &store,
-            GetKeys {
-                workload: w.clone(),
-            },
-        )
-        .await
-        .unwrap()
-        .current;
+        let key = common::create_key(&store, &w).await;
         assert!(!seen.iter().any(|k: &thv_actors::SharedKey| k.ct_eq(&key)));
         seen.push(key);
         ask(&store, DeleteKeys { workload: w }).await.unwrap();

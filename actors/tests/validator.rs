@@ -95,21 +95,7 @@ async fn a_rotated_or_deleted_key_stops_validating_after_the_refresh_interval() 
     let store = KeyStore::start(backend).unwrap();
     let validator = Validator::start(store.clone(), config(200));
     let w = common::unique_workload("refresh");
-    store
-        .send(CreateKey {
-            workload: w.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let old = store
-        .send(GetKeys {
-            workload: w.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .current;
+    let old = common::create_key(&store, &w).await;
     let ask = |presented: SharedKey| {
         validator.send(Validate {
             workload: w.clone(),
@@ -151,21 +137,7 @@ async fn concurrent_misses_share_one_keychain_read() {
     let store = KeyStore::start(backend).unwrap();
     let validator = Validator::start(store.clone(), config(60_000));
     let w = common::unique_workload("coalesce");
-    store
-        .send(CreateKey {
-            workload: w.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let key = store
-        .send(GetKeys {
-            workload: w.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .current;
+    let key = common::create_key(&store, &w).await;
 
     let asks: Vec<_> = (0..50)
         .map(|i| {
@@ -206,21 +178,7 @@ async fn a_panicking_validation_fails_that_request_and_the_actor_comes_back() {
     let restarts = RestartTracker::new();
     let validator = Validator::start_tracked(store.clone(), config(60_000), restarts.clone());
     let w = common::unique_workload("vpanic");
-    store
-        .send(CreateKey {
-            workload: w.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let key = store
-        .send(GetKeys {
-            workload: w.clone(),
-        })
-        .await
-        .unwrap()
-        .unwrap()
-        .current;
+    let key = common::create_key(&store, &w).await;
 
     validator.send(InjectValidatorPanic).await.unwrap();
     let in_flight: Vec<_> = (0..50)

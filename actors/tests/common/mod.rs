@@ -37,3 +37,26 @@ pub fn unique_workload(tag: &str) -> WorkloadName {
         .subsec_nanos();
     WorkloadName::new(&format!("t-{tag}-{}-{n}-{nanos}", std::process::id())).unwrap()
 }
+
+/// Creates `workload`'s key when it has none and returns the current key:
+/// the set-up of every test that needs a key to present.
+pub async fn create_key(
+    store: &actix::Addr<thv_actors::KeyStore>,
+    workload: &WorkloadName,
+) -> thv_actors::SharedKey {
+    store
+        .send(thv_actors::CreateKey {
+            workload: workload.clone(),
+        })
+        .await
+        .expect("keystore mailbox open")
+        .unwrap();
+    store
+        .send(thv_actors::GetKeys {
+            workload: workload.clone(),
+        })
+        .await
+        .expect("keystore mailbox open")
+        .unwrap()
+        .current
+}
