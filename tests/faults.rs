@@ -17,17 +17,16 @@ fn home() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// serve on the kernel keyring with the demo workload `w`, started.
+fn demo_serve(home: &std::path::Path, w: &str) -> Serve {
+    Serve::start(home, "keyutils", &support::serve::demo_config(&[w]), 1, &[])
+}
+
 #[test]
 fn keystore_panic_mid_request_is_a_503_and_the_next_request_passes() {
     let dir = home();
     let w = support::unique("ksp");
-    let serve = Serve::start(
-        dir.path(),
-        "keyutils",
-        &support::serve::demo_config(&[&w]),
-        1,
-        &[],
-    );
+    let serve = demo_serve(dir.path(), &w);
     let port = serve.port(&w);
     let key = serve.key(&w);
     assert_eq!(post(port, Some(&key), &[], INITIALIZE).status, 200);
@@ -54,13 +53,7 @@ fn keystore_panic_mid_request_is_a_503_and_the_next_request_passes() {
 fn validator_panic_with_fifty_requests_in_flight_never_passes_a_bad_key() {
     let dir = home();
     let w = support::unique("vp");
-    let serve = Serve::start(
-        dir.path(),
-        "keyutils",
-        &support::serve::demo_config(&[&w]),
-        1,
-        &[],
-    );
+    let serve = demo_serve(dir.path(), &w);
     let port = serve.port(&w);
     let key = serve.key(&w);
     let wrong = thv_actors::SharedKey::generate()
@@ -207,13 +200,7 @@ fn serial_keychain_outage_serves_cached_keys_for_the_bounded_time_then_fails_clo
 fn a_killed_stdio_process_gives_a_recoverable_error_and_a_new_session_works() {
     let dir = home();
     let w = support::unique("kill");
-    let serve = Serve::start(
-        dir.path(),
-        "keyutils",
-        &support::serve::demo_config(&[&w]),
-        1,
-        &[],
-    );
+    let serve = demo_serve(dir.path(), &w);
     let port = serve.port(&w);
     let key = serve.key(&w);
     let init = post(port, Some(&key), &[], INITIALIZE);
@@ -371,13 +358,7 @@ fn serve_killed_and_restarted_under_three_live_bridges() {
 fn a_rotation_under_twenty_requests_per_second_through_a_bridge_loses_nothing() {
     let dir = home();
     let w = support::unique("rot20");
-    let serve = Serve::start(
-        dir.path(),
-        "keyutils",
-        &support::serve::demo_config(&[&w]),
-        1,
-        &[],
-    );
+    let serve = demo_serve(dir.path(), &w);
     let mut bridge = Bridge::spawn(dir.path(), &w, &[]);
     bridge.handshake(1);
     let old = serve.key(&w);
@@ -424,13 +405,7 @@ fn a_rotation_under_twenty_requests_per_second_through_a_bridge_loses_nothing() 
 fn a_rotated_key_stops_validating_within_a_second_and_the_overlap_is_honoured() {
     let dir = home();
     let w = support::unique("rot1s");
-    let serve = Serve::start(
-        dir.path(),
-        "keyutils",
-        &support::serve::demo_config(&[&w]),
-        1,
-        &[],
-    );
+    let serve = demo_serve(dir.path(), &w);
     let port = serve.port(&w);
     let first = serve.key(&w);
     assert_eq!(post(port, Some(&first), &[], INITIALIZE).status, 200);
