@@ -285,29 +285,7 @@ fn stdin_eof_exits_zero_and_deletes_the_session() {
     let ended_before = count(&serve.stderr(), "session ended by the client");
 
     bridge.close_stdin();
-    let status = bridge
-        .wait(Duration::from_secs(15))
-        .expect("bridge did not exit at EOF");
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{}",
-        bridge.stderr()
-    );
-    assert!(
-        bridge.stderr().contains("session deleted"),
-        "{}",
-        bridge.stderr()
-    );
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&serve.stderr(), "session ended by the client") == ended_before {
-        assert!(
-            Instant::now() < deadline,
-            "serve never saw the session end:\n{}",
-            serve.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_zero_having_ended_its_session(&mut bridge, &serve, ended_before, "at EOF");
 }
 
 #[test]
@@ -329,9 +307,21 @@ fn sigterm_delivers_the_answer_in_flight_deletes_the_session_and_exits_zero() {
         answer.get("result").is_some(),
         "the call in flight was not answered: {answer}"
     );
+    exits_zero_having_ended_its_session(&mut bridge, &serve, ended_before, "after SIGTERM");
+}
+
+/// The bridge exits 0 within 15 s (`when`: what should have made it),
+/// having deleted its session, and serve logs one more session ended by
+/// the client than `ended_before` within 10 s.
+fn exits_zero_having_ended_its_session(
+    bridge: &mut Bridge,
+    serve: &Serve,
+    ended_before: usize,
+    when: &str,
+) {
     let status = bridge
         .wait(Duration::from_secs(15))
-        .expect("bridge did not exit after SIGTERM");
+        .unwrap_or_else(|| panic!("bridge did not exit {when}"));
     assert!(
         status.success(),
         "exit {status}; stderr:\n{}",
@@ -342,9 +332,14 @@ fn sigterm_delivers_the_answer_in_flight_deletes_the_session_and_exits_zero() {
         "{}",
         bridge.stderr()
     );
+
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(&serve.stderr(), "session ended by the client") == ended_before {
-        assert!(Instant::now() < deadline, "serve never saw the session end");
+        assert!(
+            Instant::now() < deadline,
+            "serve never saw the session end:\n{}",
+            serve.stderr()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
