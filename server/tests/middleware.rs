@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,9 @@ use thv_actors::{
 };
 use thv_server::auth::{AuthStats, AuthenticatedWorkload, SharedKeyAuth, CHALLENGE, KEY_HEADER};
 use thv_server::guard::LoopbackGuard;
+
+#[path = "../../tests/support/unique.rs"]
+mod unique;
 
 /// The port the guard is told the listener has; `TestRequest` needs no real
 /// listener, only a `Host` that names it.
@@ -96,13 +99,7 @@ fn request(path: &str) -> test::TestRequest {
 
 /// A workload name no other test, and no earlier run, uses.
 fn unique_workload(tag: &str) -> WorkloadName {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    WorkloadName::new(&format!("mw-{tag}-{}-{n}-{nanos}", std::process::id())).unwrap()
+    WorkloadName::new(&unique::unique_name("mw", tag)).unwrap()
 }
 
 fn keyutils() -> Backend {

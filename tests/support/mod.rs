@@ -19,12 +19,12 @@ pub mod http;
 pub mod other_user;
 pub mod peers;
 pub mod serve;
+pub mod unique;
 
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The bound on a single wait in these tests.
@@ -54,13 +54,7 @@ pub fn require_setup() {
 
 /// A workload name unique to this test run.
 pub fn unique(tag: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("e2e-{tag}-{}-{n}-{nanos}", std::process::id())
+    unique::unique_name("e2e", tag)
 }
 
 /// A private state directory and the keystore the commands use.

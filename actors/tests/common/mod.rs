@@ -2,7 +2,8 @@
 
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
+#[path = "../../../tests/support/unique.rs"]
+mod unique;
 
 use thv_actors::{Backend, BackendChoice, BackendKind, WorkloadName};
 
@@ -29,13 +30,7 @@ pub fn open(kind: BackendKind) -> Backend {
 
 /// A workload name no other test (or earlier run) uses.
 pub fn unique_workload(tag: &str) -> WorkloadName {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    WorkloadName::new(&format!("t-{tag}-{}-{n}-{nanos}", std::process::id())).unwrap()
+    WorkloadName::new(&unique::unique_name("t", tag)).unwrap()
 }
 
 /// Creates `workload`'s key when it has none and returns the current key:
